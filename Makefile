@@ -1,0 +1,40 @@
+# `make demo` and `make test` each set everything up on a fresh machine: virtualenv, install, run.
+PYTHON     ?= python3
+VENV       ?= .venv
+# CPU build by default; a GPU user sets e.g. TORCH_SPEC="torch==2.13.0" with their CUDA index.
+TORCH_SPEC ?= torch==2.13.0
+PIP_FLAGS  ?= -q
+BIN        := $(VENV)/bin
+DEMO_DIR   ?= demo
+
+# DeepSpeed JIT-builds its CPU comm op once (~35 s); keep it in the checkout.
+export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
+export RAY_USAGE_STATS_ENABLED = 0
+
+.PHONY: install test test-all demo sweep-demo bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(PIP_FLAGS) --upgrade pip
+	$(BIN)/pip install $(PIP_FLAGS) "$(TORCH_SPEC)"
+	$(BIN)/pip install $(PIP_FLAGS) -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+test: install
+	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m ""
+
+demo: install
+	$(BIN)/python -m distributed.demo --out $(DEMO_DIR)
+
+bench: install
+	$(BIN)/python bench/bench_train_step.py
+	$(BIN)/python bench/bench_eval.py
+	$(BIN)/python bench/bench_loader.py
+
+clean:
+	rm -rf $(DEMO_DIR) runs .pytest_cache

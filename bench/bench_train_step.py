@@ -1,0 +1,109 @@
+"""Train-step throughput on this machine's CPU (printed, never asserted).
+
+1. samples/s of Base (ppl and han presets) and PPL at batch 16 and 128; PPL/Base step-time ratio
+   (target <= 1.3).
+2. the han preset (8 frames pooled before the linear projection) vs a straightforward HAN that
+   projects all 80 frames and then pools (target >= 3x); both compute the same function.
+Usage: python bench/bench_train_step.py [--steps N]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.config import NetworkConfig, PPLConfig  # noqa: E402
+from model.network import AudioVisualParser, ParserOutput  # noqa: E402
+from model.ppl import PPL  # noqa: E402
+
+T, C = 10, 25
+
+
+def batch(size: int, frames: int):
+    g = torch.Generator().manual_seed(0)
+    weak = (torch.rand(size, C, generator=g) < 0.1).float()
+    weak[:, 0] = 1
+    return (torch.rand(size, T, 128, generator=g), torch.rand(size, frames * T, 2048, generator=g),
+            torch.rand(size, T, 512, generator=g)), weak
+
+
+class StraightforwardHAN(AudioVisualParser):
+    """HAN as usually written: project all 8 frames of every segment with fc_v, then average-pool."""
+
+    def forward(self, audio, visual_2d, visual_3d) -> ParserOutput:
+        p = self.projection
+        frames = p.visual_2d(visual_2d)                                            # (B, 80, d)
+        pooled = F.avg_pool1d(frames.transpose(1, 2), 8).transpose(1, 2)           # (B, 10, d)
+        visual = p.visual_fusion(torch.cat([pooled, p.visual_3d(visual_3d)], -1))
+        a, v = self.aggregation(p.audio(audio), visual)
+        frame_prob, modality_prob, global_prob = self.mmil(torch.stack([a, v], 2))
+        return ParserOutput(torch.stack([a, v], 2), frame_prob, modality_prob, global_prob)
+
+
+def time_steps(method: PPL, network, inputs, weak, steps: int, epoch: int = 5) -> float:
+    opt = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    def one():
+        out = network(*inputs)
+        step = method.losses(out, inputs, weak, epoch)
+        opt.zero_grad(set_to_none=True)
+        step.losses.total.backward()
+        opt.step()
+        method.after_optimizer_step(network, step.momentum, weak)
+    for _ in range(2):
+        one()
+    start = time.perf_counter()
+    for _ in range(steps):
+        one()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU")
+    print(f"{'model':<28}{'batch':>6}{'ms/step':>10}{'samples/s':>11}")
+    results = {}
+    for size in (16, 128):
+        inputs, weak = batch(size, frames=1)
+        for name, net_cfg, ppl_cfg in [
+            ("Base (ppl preset)", NetworkConfig(preset="ppl"), PPLConfig(labeler="none")),
+            ("Base (han preset)", NetworkConfig(preset="han"), PPLConfig(labeler="none", modality_losses=True)),
+            ("PPL soft (ppl preset)", NetworkConfig(preset="ppl"),
+             PPLConfig(labeler="ppl_soft", key_min_prob=0.0, contrastive_weight=0.1)),
+        ]:
+            method = PPL(net_cfg, ppl_cfg)
+            method.bank.initialized.fill_(True)
+            seconds = time_steps(method, method.network, inputs, weak, args.steps)
+            results[(name, size)] = seconds
+            print(f"{name:<28}{size:>6}{seconds * 1e3:>10.1f}{size / seconds:>11.0f}")
+    for size in (16, 128):
+        ratio = results[("PPL soft (ppl preset)", size)] / results[("Base (ppl preset)", size)]
+        print(f"PPL/Base step-time ratio at batch {size}: {ratio:.2f} (target <= 1.3)")
+
+    print("\nhan preset vs straightforward HAN (80 frames projected, then pooled), 8T x 2048 input:")
+    for size in (16, 128):
+        inputs, weak = batch(size, frames=8)
+        cfg = NetworkConfig(preset="han")
+        ours = PPL(cfg, PPLConfig(labeler="none", modality_losses=True))
+        naive = PPL(cfg, PPLConfig(labeler="none", modality_losses=True))
+        naive.network = StraightforwardHAN(cfg)
+        naive.network.load_state_dict(ours.network.state_dict())
+        ours.network.eval(), naive.network.eval()
+        with torch.no_grad():
+            same = torch.allclose(ours.network(*inputs).frame_prob, naive.network(*inputs).frame_prob, atol=1e-5)
+        t_ours = time_steps(ours, ours.network, inputs, weak, args.steps)
+        t_naive = time_steps(naive, naive.network, inputs, weak, args.steps)
+        print(f"batch {size:>4}: ours {t_ours * 1e3:7.1f} ms, straightforward {t_naive * 1e3:7.1f} ms, "
+              f"speed-up {t_naive / t_ours:.1f}x (target >= 3x), same output: {same}")
+
+
+if __name__ == "__main__":
+    main()

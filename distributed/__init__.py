@@ -1,0 +1,1 @@
+"""Data, training loop, Ray Train/DeepSpeed plumbing and the `ppl-avvp` commands."""

@@ -1,0 +1,163 @@
+"""The optimizer step: DeepSpeed (ZeRO stage and precision from config) or plain torch.
+
+Both engines expose the same four things the worker loop uses: ``engine(*inputs)``,
+``backward(loss)``, ``step()``, ``module``; plus collective ``save``/``load`` of their state and
+``set_lr`` (the StepLR schedule is a pure function of the epoch, applied by the loop).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from distributed.config import RunConfig
+from distributed.errors import ConfigError
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_process_group(backend: str = "gloo") -> None:
+    """Outside Ray Train (single process), DeepSpeed still needs a process group: make a 1-rank one."""
+    if dist.is_available() and dist.is_initialized():
+        return
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    dist.init_process_group(backend=backend, rank=0, world_size=1)
+
+
+def learning_rate(cfg: RunConfig, epoch: int) -> float:
+    """StepLR as in HAN: lr * gamma^(epoch // step)."""
+    return cfg.optim.lr * cfg.optim.lr_gamma ** (epoch // cfg.optim.lr_step_epochs)
+
+
+def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
+    """Our keys on top of an optional user JSON; a JSON that contradicts the run config is an error."""
+    base: dict[str, Any] = {}
+    if cfg.distributed.deepspeed_config:
+        path = Path(cfg.distributed.deepspeed_config)
+        try:
+            base = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"distributed.deepspeed_config: {path} not found") from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"distributed.deepspeed_config: {path} is not valid JSON ({err})") from None
+    stage = base.get("zero_optimization", {}).get("stage", cfg.distributed.zero_stage)
+    if stage != cfg.distributed.zero_stage:
+        raise ConfigError(f"distributed.deepspeed_config: {path} sets zero_optimization.stage={stage} but "
+                          f"distributed.zero_stage={cfg.distributed.zero_stage}")
+    for key in ("bf16", "fp16"):
+        enabled = bool(base.get(key, {}).get("enabled", False))
+        if enabled != (cfg.distributed.precision == key):
+            raise ConfigError(f"distributed.deepspeed_config: {path} sets {key}.enabled={enabled} but "
+                              f"distributed.precision={cfg.distributed.precision}")
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        base.pop(key, None)   # batch arithmetic is ours (data.batch_size per worker)
+    resolved = dict(base)
+    resolved.update({
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {**base.get("zero_optimization", {}), "stage": cfg.distributed.zero_stage},
+        "bf16": {**base.get("bf16", {}), "enabled": cfg.distributed.precision == "bf16"},
+        "fp16": {**base.get("fp16", {}), "enabled": cfg.distributed.precision == "fp16"},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": base.get("steps_per_print", 10**9),
+    })
+    if cfg.optim.grad_clip > 0:
+        resolved["gradient_clipping"] = cfg.optim.grad_clip
+    return resolved
+
+
+class TorchEngine:
+    """Plain torch: AdamW, optional gradient clipping, DDP when there is more than one rank."""
+
+    def __init__(self, cfg: RunConfig, network: nn.Module, device: torch.device):
+        self.module = network.to(device)
+        wrapped: nn.Module = self.module
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            wrapped = nn.parallel.DistributedDataParallel(self.module,
+                                                          device_ids=[device.index] if device.type == "cuda" else None)
+        self._forward = wrapped
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.grad_clip = cfg.optim.grad_clip
+
+    def __call__(self, *inputs):
+        return self._forward(*inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def save(self, directory: Path, rank: int) -> None:
+        if rank == 0:
+            torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict()},
+                       directory / "engine.pt")
+
+    def load(self, directory: Path) -> None:
+        state = torch.load(directory / "engine.pt", map_location="cpu", weights_only=True)
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class DeepSpeedEngine:
+    """DeepSpeed owns the optimizer step (ZeRO 0-3). A client torch AdamW avoids the fused-Adam JIT build."""
+
+    def __init__(self, cfg: RunConfig, network: nn.Module, device: torch.device):
+        import deepspeed   # heavy import, only where used
+
+        optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        self.config = deepspeed_config(cfg)
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=network.to(device), optimizer=optimizer, config=self.config,
+            dist_init_required=False)
+        self.module = self.engine.module
+
+    def __call__(self, *inputs):
+        return self.engine(*inputs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.engine.backward(loss)
+
+    def step(self) -> None:
+        self.engine.step()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def save(self, directory: Path, rank: int) -> None:
+        self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state", save_latest=False)   # collective
+
+    def load(self, directory: Path) -> None:
+        path, _ = self.engine.load_checkpoint(str(directory / "deepspeed"), tag="state",
+                                              load_optimizer_states=True, load_lr_scheduler_states=False)
+        if path is None:
+            raise FileNotFoundError(str(directory / "deepspeed"))
+
+
+def build_engine(cfg: RunConfig, network: nn.Module, device: torch.device):
+    if cfg.distributed.engine == "deepspeed":
+        ensure_process_group("nccl" if device.type == "cuda" else "gloo")
+        return DeepSpeedEngine(cfg, network, device)
+    return TorchEngine(cfg, network, device)

@@ -1,0 +1,94 @@
+"""`ppl-avvp train` / `python -m distributed.train`: one training job.
+
+Config file (or built-in preset: ppl, base, han) + ``key=value`` overrides -> validated config,
+written to ``<output_dir>/config.yaml`` and logged to MLflow. ``distributed.num_workers: 0`` runs the
+worker loop in this process; N >= 1 runs it on N Ray Train workers (local 127.0.0.1 instance, or the
+cluster of ``ray job submit`` / ``distributed.ray_address``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from distributed.cli import run_command
+from distributed.config import RunConfig, load_config, save_config
+from distributed.loop import RESULTS_FILE, train_loop_per_worker
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="ppl-avvp train", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="ppl", help="YAML file or preset name (ppl, base, han)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. ppl.tau=0.05 data.batch_size=32")
+    parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    return parser.parse_args(argv)
+
+
+def init_ray(cfg: RunConfig) -> None:
+    """Join the job's cluster when there is one; otherwise start a local instance bound to loopback."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.distributed.ray_address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        ray.init(address=address)
+    else:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
+                 num_cpus=max(os.cpu_count() or 1, int(cfg.world_size * cfg.distributed.cpus_per_worker) + 1))
+
+
+def fit_with_ray(cfg: RunConfig, loop_config: dict):
+    """Ray Train: TorchTrainer with our worker loop, FailureConfig restarts from the latest checkpoint."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    init_ray(cfg)
+    dist_cfg = cfg.distributed
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={**loop_config, "in_ray": True},
+        torch_config=TorchConfig(backend="nccl" if dist_cfg.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=dist_cfg.num_workers, use_gpu=dist_cfg.use_gpu,
+                                     resources_per_worker={"CPU": dist_cfg.cpus_per_worker}),
+        run_config=RayRunConfig(name=cfg.name, storage_path=str(Path(cfg.output_dir).resolve() / "ray"),
+                                failure_config=FailureConfig(max_failures=dist_cfg.max_failures),
+                                checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    return trainer.fit()
+
+
+def train(cfg: RunConfig, mlflow: bool = True) -> dict:
+    """Run one job end to end; returns results.json's content."""
+    output_dir = Path(cfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, output_dir / "config.yaml")
+    run_id = None
+    if mlflow and cfg.tracking.mlflow:
+        from distributed.tracking import create_run, tracking_uri
+        run_id = create_run(cfg)
+        print(f"MLflow run {run_id} at {tracking_uri(cfg)}", flush=True)
+    loop_config = {"config": cfg.to_dict(), "mlflow_run_id": run_id}
+    if cfg.distributed.num_workers == 0:
+        train_loop_per_worker(loop_config)
+    else:
+        fit_with_ray(cfg, loop_config)
+    return json.loads((output_dir / RESULTS_FILE).read_text())
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    results = train(cfg, mlflow=not args.no_mlflow)
+    from distributed.evaluate import format_table
+
+    print(format_table(results["test"], title=f"{cfg.name}: test (best val epoch {results['best_epoch']})"))
+    print(f"results: {Path(cfg.output_dir) / RESULTS_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command(main))

@@ -1,0 +1,116 @@
+"""Typed, validated hyper-parameters of the method (network, EMA, bank, pseudo-labels, losses).
+
+Every choice that the seed does not fix is a field here, with the default we use and a
+comment saying whose choice it is. ``distributed.config`` nests these into one run config.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{key}: {msg}")
+
+
+@dataclass
+class NetworkConfig:
+    """Sizes of the parser (seed §1, Table 1). ``preset`` selects a block structure, not magic numbers."""
+
+    preset: Literal["ppl", "han"] = "ppl"
+    num_classes: int = 25
+    num_segments: int = 10
+    audio_dim: int = 128
+    visual_2d_dim: int = 2048
+    visual_3d_dim: int = 512
+    model_dim: int = 512                  # d in Eq. 1-5
+    # "ppl" preset (our reading of the garbled Table 1, see docs/method.md)
+    audio_hidden: int = 256
+    visual_hidden: int = 1024
+    attention_scale: Literal["d", "sqrt_d"] = "d"   # Eq. 4 divides by d; "sqrt_d" is Vaswani's
+    # "han" preset (Tian et al. 2020): one hybrid self+cross attention layer with an FFN
+    han_heads: int = 1
+    han_ffn_dim: int = 512
+    dropout: float = 0.1
+    leaky_relu_slope: float = 0.01
+
+    def validate(self, prefix: str = "model") -> None:
+        _check(self.preset in ("ppl", "han"), f"{prefix}.preset", f"must be 'ppl' or 'han', got {self.preset!r}")
+        for name in ("num_classes", "num_segments", "audio_dim", "visual_2d_dim", "visual_3d_dim",
+                     "model_dim", "audio_hidden", "visual_hidden", "han_heads", "han_ffn_dim"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value > 0, f"{prefix}.{name}", f"must be a positive integer, got {value!r}")
+        _check(self.model_dim % self.han_heads == 0, f"{prefix}.han_heads", "must divide model_dim")
+        _check(self.attention_scale in ("d", "sqrt_d"), f"{prefix}.attention_scale", "must be 'd' or 'sqrt_d'")
+        _check(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", f"must be in [0, 1), got {self.dropout!r}")
+
+
+@dataclass
+class PPLConfig:
+    """Momentum encoder, prototype bank and pseudo-labels (DESIGN §3.2-3.4.1).
+
+    ``labeler``: none = Base (MIL only); pl = naive self-training on thresholded predictions;
+    ppl_hard / ppl_soft = prototype pseudo-labels (one-hot argmax / softmax with temperature tau).
+    """
+
+    labeler: Literal["none", "pl", "ppl_hard", "ppl_soft"] = "ppl_soft"
+    tau: float = 0.1                       # seed Table 3 best
+    ema_decay: float | None = 0.999        # None = "without EMA" (seed Table 4): online features, detached
+    # prototype bank (ours: the main paper's Sec. 4 is not available)
+    prototypes_per_class: int = 1          # K
+    bank_momentum: float = 0.99            # beta in mu <- normalise(beta*mu + (1-beta)*mean)
+    key_top_k: int = 1                     # key segments per (video, labelled class, modality)
+    key_min_prob: float = 0.5              # confidence floor for key segments
+    background: Literal["none", "low_confidence"] = "low_confidence"
+    background_max_prob: float = 0.1      # a segment feeds background if every labelled class < this
+    background_top_k: int = 1              # at most this many least-confident segments per video+modality
+    # how pseudo-labels are formed from similarities
+    competition: Literal["across_classes", "per_class"] = "per_class"
+    # across_classes: one softmax over labelled classes + background (seed Eq. 10 as we read it);
+    # per_class: each labelled class vs background, softmax over the pair (co-occurring events don't compete)
+    confidence_gate: float = 0.0           # loss only where the pseudo-label's winning prob >= gate
+    pl_threshold: float = 0.5              # naive PL: target = prediction >= threshold
+    # loss schedule
+    pl_weight: float = 0.5                 # lambda_pl
+    contrastive_weight: float = 0.0        # lambda_con
+    contrastive_tau: float = 0.1
+    warmup_epochs: int = 1                 # MIL-only epochs before pseudo-labels switch on
+    rampup_epochs: int = 1                 # linear ramp of lambda_pl after warm-up
+    # MIL loss options (HAN)
+    modality_losses: bool = False          # HAN's extra per-modality BCE terms
+    visual_label_smoothing: float = 0.0    # HAN: Pv = (1-eps)*W + eps*0.5 with eps = 0.1
+
+    def validate(self, prefix: str = "ppl") -> None:
+        _check(self.labeler in ("none", "pl", "ppl_hard", "ppl_soft"), f"{prefix}.labeler",
+               f"must be one of none, pl, ppl_hard, ppl_soft, got {self.labeler!r}")
+        _check(isinstance(self.tau, (int, float)) and self.tau > 0, f"{prefix}.tau", f"must be > 0, got {self.tau!r}")
+        if self.ema_decay is not None:
+            _check(isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0, f"{prefix}.ema_decay",
+                   f"must be in [0, 1) or none, got {self.ema_decay!r}")
+        _check(isinstance(self.prototypes_per_class, int) and self.prototypes_per_class >= 1,
+               f"{prefix}.prototypes_per_class", "must be an integer >= 1")
+        _check(0.0 <= self.bank_momentum < 1.0, f"{prefix}.bank_momentum", f"must be in [0, 1), got {self.bank_momentum!r}")
+        _check(isinstance(self.key_top_k, int) and self.key_top_k >= 1, f"{prefix}.key_top_k", "must be an integer >= 1")
+        _check(isinstance(self.background_top_k, int) and self.background_top_k >= 1,
+               f"{prefix}.background_top_k", "must be an integer >= 1")
+        for name in ("key_min_prob", "background_max_prob", "confidence_gate", "pl_threshold"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 1.0, f"{prefix}.{name}", f"must be in [0, 1], got {value!r}")
+        _check(self.background in ("none", "low_confidence"), f"{prefix}.background", "must be none or low_confidence")
+        _check(self.competition in ("across_classes", "per_class"), f"{prefix}.competition",
+               "must be across_classes or per_class")
+        for name in ("pl_weight", "contrastive_weight"):
+            _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+        _check(self.contrastive_tau > 0, f"{prefix}.contrastive_tau", "must be > 0")
+        for name in ("warmup_epochs", "rampup_epochs"):
+            _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{prefix}.{name}",
+                   "must be an integer >= 0")
+        _check(0.0 <= self.visual_label_smoothing < 1.0, f"{prefix}.visual_label_smoothing", "must be in [0, 1)")
+
+
+def field_names(cls) -> list[str]:
+    return [f.name for f in fields(cls)]
+
+
+__all__ = ["NetworkConfig", "PPLConfig", "field_names", "field"]

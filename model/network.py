@@ -1,0 +1,165 @@
+"""The audio-visual parser (seed §1, Eq. 1-7): projection, aggregation, segment classifier, MMIL.
+
+Layouts: audio (B, T, Da); visual_2d (B, T, D2) pooled or (B, F*T, D2) frames; visual_3d (B, T, D3).
+Output features (B, T, M, d) and frame_prob (B, T, M, C), M = 2 with audio first.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import NetworkConfig
+
+
+@dataclass
+class ParserOutput:
+    features: Tensor        # (B, T, M, d) aggregated segment features f_t^m (Eq. 2-3)
+    frame_prob: Tensor      # (B, T, M, C) segment probabilities p_t^m (Eq. 5)
+    modality_prob: Tensor   # (B, M, C) video-level P^a, P^v (Eq. 6)
+    global_prob: Tensor     # (B, C) video-level P (Eq. 6, attention over modalities)
+
+    def detach(self) -> "ParserOutput":
+        return ParserOutput(*(t.detach() for t in (self.features, self.frame_prob, self.modality_prob,
+                                                    self.global_prob)))
+
+
+def pool_frames(visual_2d: Tensor, num_segments: int) -> Tensor:
+    """(B, F*T, D) -> (B, T, D): mean of each segment's frames. Exact before a linear layer."""
+    batch, rows, dim = visual_2d.shape
+    if rows == num_segments:
+        return visual_2d
+    if rows % num_segments:
+        raise ValueError(f"visual_2d: {rows} frames is not a multiple of num_segments={num_segments}")
+    return visual_2d.view(batch, num_segments, rows // num_segments, dim).mean(dim=2)
+
+
+def _mlp(sizes: list[int], slope: float) -> nn.Sequential:
+    """Linear -> LayerNorm -> LeakyReLU per step (Table 1: all layers use Leaky-ReLU)."""
+    layers: list[nn.Module] = []
+    for d_in, d_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(d_in, d_out), nn.LayerNorm(d_out), nn.LeakyReLU(slope)]
+    return nn.Sequential(*layers)
+
+
+class PPLProjection(nn.Module):
+    """Phi_a^proj, Phi_v^proj (Eq. 1) as we read Table 1 (docs/method.md#table-1)."""
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        s = cfg.leaky_relu_slope
+        self.audio = _mlp([cfg.audio_dim, cfg.audio_hidden, cfg.model_dim], s)
+        self.visual_2d = _mlp([cfg.visual_2d_dim, cfg.visual_hidden], s)
+        self.visual_3d = _mlp([cfg.visual_3d_dim, cfg.visual_hidden], s)
+        self.visual_fusion = _mlp([2 * cfg.visual_hidden, cfg.visual_hidden, cfg.model_dim], s)
+
+    def forward(self, audio: Tensor, visual_2d: Tensor, visual_3d: Tensor) -> tuple[Tensor, Tensor]:
+        visual = torch.cat([self.visual_2d(visual_2d), self.visual_3d(visual_3d)], dim=-1)
+        return self.audio(audio), self.visual_fusion(visual)          # (B, T, d) each
+
+
+class HANProjection(nn.Module):
+    """HAN's projections: plain linear layers, 2D and 3D visual features fused by a linear layer."""
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        self.audio = nn.Linear(cfg.audio_dim, cfg.model_dim)
+        self.visual_2d = nn.Linear(cfg.visual_2d_dim, cfg.model_dim)
+        self.visual_3d = nn.Linear(cfg.visual_3d_dim, cfg.model_dim)
+        self.visual_fusion = nn.Linear(2 * cfg.model_dim, cfg.model_dim)
+
+    def forward(self, audio: Tensor, visual_2d: Tensor, visual_3d: Tensor) -> tuple[Tensor, Tensor]:
+        visual = torch.cat([self.visual_2d(visual_2d), self.visual_3d(visual_3d)], dim=-1)
+        return self.audio(audio), self.visual_fusion(visual)
+
+
+def scaled_dot_attention(query: Tensor, keys: Tensor, values: Tensor, scale: float) -> Tensor:
+    """Eq. 4: Softmax(f_q F_k^T / scale) F_v over the T segments. (B, T, d) -> (B, T, d)."""
+    weights = torch.softmax(query @ keys.transpose(1, 2) / scale, dim=-1)
+    return weights @ values
+
+
+class PPLAggregation(nn.Module):
+    """Eq. 2-3: f_t^m = f^_t^m + Att(f^_t^m, F^m, F^m) + Att(f^_t^m, F^m', F^m'). No parameters."""
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        self.scale = float(cfg.model_dim) if cfg.attention_scale == "d" else math.sqrt(cfg.model_dim)
+
+    def forward(self, audio: Tensor, visual: Tensor) -> tuple[Tensor, Tensor]:
+        att = scaled_dot_attention
+        audio_out = audio + att(audio, audio, audio, self.scale) + att(audio, visual, visual, self.scale)
+        visual_out = visual + att(visual, visual, visual, self.scale) + att(visual, audio, audio, self.scale)
+        return audio_out, visual_out
+
+
+class HANLayer(nn.Module):
+    """HAN's hybrid attention: self- and cross-modal attention, residual + LayerNorm, then an FFN."""
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        d = cfg.model_dim
+        self.self_attn = nn.MultiheadAttention(d, cfg.han_heads, dropout=cfg.dropout, batch_first=True)
+        self.cross_attn = nn.MultiheadAttention(d, cfg.han_heads, dropout=cfg.dropout, batch_first=True)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.han_ffn_dim), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                 nn.Linear(cfg.han_ffn_dim, d))
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.dropout_self, self.dropout_cross, self.dropout_ffn = (nn.Dropout(cfg.dropout) for _ in range(3))
+
+    def forward(self, query: Tensor, other: Tensor) -> Tensor:
+        cross = self.cross_attn(query, other, other, need_weights=False)[0]
+        own = self.self_attn(query, query, query, need_weights=False)[0]
+        x = self.norm1(query + self.dropout_cross(cross) + self.dropout_self(own))
+        return self.norm2(x + self.dropout_ffn(self.ffn(x)))
+
+
+class HANAggregation(nn.Module):
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        self.layer = HANLayer(cfg)   # shared by both modalities, as in HAN
+
+    def forward(self, audio: Tensor, visual: Tensor) -> tuple[Tensor, Tensor]:
+        return self.layer(audio, visual), self.layer(visual, audio)
+
+
+class AttentiveMMIL(nn.Module):
+    """Segment classifier (Eq. 5) and attentive multimodal MIL pooling (Eq. 6)."""
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        self.classifier = nn.Linear(cfg.model_dim, cfg.num_classes)          # Phi_c
+        self.temporal_attention = nn.Linear(cfg.model_dim, cfg.num_classes)  # w_t^m
+        self.modality_attention = nn.Linear(cfg.model_dim, cfg.num_classes)  # w^m
+
+    def forward(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        frame_prob = torch.sigmoid(self.classifier(features))                       # (B, T, M, C)  Eq. 5
+        temporal_w = torch.softmax(self.temporal_attention(features), dim=1)        # over T
+        modality_w = torch.softmax(self.modality_attention(features), dim=2)        # over M
+        modality_prob = (temporal_w * frame_prob).sum(dim=1)                        # (B, M, C)  Eq. 6
+        global_prob = (temporal_w * modality_w * frame_prob).sum(dim=(1, 2))        # (B, C)
+        return frame_prob, modality_prob, global_prob
+
+
+class AudioVisualParser(nn.Module):
+    """Projection -> aggregation -> classifier + MMIL. The ``preset`` picks HAN's or our PPL blocks."""
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        if cfg.preset == "ppl":
+            self.projection, self.aggregation = PPLProjection(cfg), PPLAggregation(cfg)
+        else:
+            self.projection, self.aggregation = HANProjection(cfg), HANAggregation(cfg)
+        self.mmil = AttentiveMMIL(cfg)
+
+    def forward(self, audio: Tensor, visual_2d: Tensor, visual_3d: Tensor) -> ParserOutput:
+        visual_2d = pool_frames(visual_2d, audio.shape[1])
+        audio_hat, visual_hat = self.projection(audio, visual_2d, visual_3d)   # Eq. 1
+        audio_agg, visual_agg = self.aggregation(audio_hat, visual_hat)         # Eq. 2-3
+        features = torch.stack([audio_agg, visual_agg], dim=2)                  # (B, T, M, d)
+        frame_prob, modality_prob, global_prob = self.mmil(features)
+        return ParserOutput(features, frame_prob, modality_prob, global_prob)

@@ -1,0 +1,56 @@
+"""The method in one place: online parser + momentum encoder + prototype bank, and one training step's
+targets and losses. The optimizer step is the caller's (plain torch or DeepSpeed)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from model.config import NetworkConfig, PPLConfig
+from model.losses import LossTerms, total_loss
+from model.momentum import MomentumEncoder
+from model.network import AudioVisualParser, ParserOutput
+from model.prototypes import PrototypeBank, Reducer, identity_reducer, select_key_segments
+from model.pseudo_labels import PseudoLabels, make_pseudo_labels
+
+
+@dataclass
+class StepOutput:
+    losses: LossTerms
+    online: ParserOutput
+    momentum: ParserOutput
+    labels: PseudoLabels | None
+
+
+class PPL(nn.Module):
+    def __init__(self, network_cfg: NetworkConfig, ppl_cfg: PPLConfig, seed: int = 0):
+        super().__init__()
+        ppl_cfg.validate()
+        self.cfg = ppl_cfg
+        self.network = AudioVisualParser(network_cfg)
+        # only prototype labelers read momentum features; Base and naive PL need no EMA copy
+        uses_bank = ppl_cfg.labeler in ("ppl_hard", "ppl_soft")
+        self.momentum = MomentumEncoder(self.network, ppl_cfg.ema_decay if uses_bank else None)
+        self.bank = PrototypeBank(network_cfg.num_classes, network_cfg.model_dim, ppl_cfg.prototypes_per_class,
+                                  ppl_cfg.bank_momentum, seed=seed)
+
+    @property
+    def uses_bank(self) -> bool:
+        return self.cfg.labeler in ("ppl_hard", "ppl_soft")
+
+    def losses(self, online: ParserOutput, inputs: tuple[Tensor, ...], weak_labels: Tensor, epoch: int) -> StepOutput:
+        """Momentum forward, pseudo-labels from the current bank, and the loss terms."""
+        momentum = self.momentum(online, *inputs) if self.uses_bank else online.detach()
+        labels = make_pseudo_labels(self.cfg, online, momentum, self.bank, weak_labels)
+        return StepOutput(total_loss(online, weak_labels, labels, self.bank, self.cfg, epoch), online, momentum, labels)
+
+    @torch.no_grad()
+    def after_optimizer_step(self, online_network: nn.Module, momentum: ParserOutput, weak_labels: Tensor,
+                             reducer: Reducer = identity_reducer) -> Tensor | None:
+        """EMA update, then the bank update from this step's key segments (one reducer call)."""
+        self.momentum.update(online_network)
+        if not self.uses_bank:
+            return None
+        members = select_key_segments(momentum.frame_prob, weak_labels, self.cfg)
+        return self.bank.update(momentum.features, members, reducer)

@@ -1,0 +1,116 @@
+"""Prototype bank (DESIGN §3.3, our reconstruction of the main paper's Sec. 4).
+
+Per modality m and class c, K unit-norm prototypes; class index C is the background.
+An update is split in two so the distributed layer can all-reduce in between:
+``collect`` packs per-(m, c, k) feature sums and counts into ONE flat buffer, a reducer
+(identity, or an all-reduce SUM across ranks) combines buffers, ``apply`` blends the means
+into the bank. Every rank applying the same reduced buffer keeps the bank identical everywhere.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import PPLConfig
+
+Reducer = Callable[[Tensor], Tensor]
+
+
+def identity_reducer(buffer: Tensor) -> Tensor:
+    return buffer
+
+
+def select_key_segments(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig) -> Tensor:
+    """Which segments feed which prototype: (B, T, M, C+1) bool, last index = background.
+
+    Class c, modality m: the top-``key_top_k`` segments over time by the momentum model's
+    probability, if c is in the video's weak label and the probability >= ``key_min_prob``.
+    Background: among segments where every labelled class is < ``background_max_prob``, the
+    ``background_top_k`` least confident ones per (video, modality).
+    """
+    batch, steps, mods, classes = frame_prob.shape
+    labelled = weak_labels.bool()[:, None, None, :]                           # (B, 1, 1, C)
+    k = min(cfg.key_top_k, steps)
+    top_idx = frame_prob.topk(k, dim=1).indices                               # (B, k, M, C)
+    is_top = torch.zeros_like(frame_prob, dtype=torch.bool).scatter_(1, top_idx, True)
+    keys = is_top & labelled & (frame_prob >= cfg.key_min_prob)
+    background = torch.zeros(batch, steps, mods, 1, dtype=torch.bool, device=frame_prob.device)
+    if cfg.background != "none":
+        labelled_prob = frame_prob.masked_fill(~labelled, 0.0).amax(dim=-1)   # (B, T, M)
+        candidate = labelled_prob < cfg.background_max_prob
+        kb = min(cfg.background_top_k, steps)
+        order = labelled_prob.masked_fill(~candidate, float("inf")).topk(kb, dim=1, largest=False).indices
+        chosen = torch.zeros_like(candidate).scatter_(1, order, True) & candidate
+        background = chosen.unsqueeze(-1)
+    return torch.cat([keys, background], dim=-1)
+
+
+class PrototypeBank(nn.Module):
+    """Buffers: ``prototypes`` (M, C+1, K, d) unit norm; ``initialized`` (M, C+1, K) bool."""
+
+    def __init__(self, num_classes: int, dim: int, prototypes_per_class: int = 1, momentum: float = 0.99,
+                 num_modalities: int = 2, seed: int = 0):
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"bank_momentum: must be in [0, 1), got {momentum!r}")
+        generator = torch.Generator().manual_seed(seed)
+        shape = (num_modalities, num_classes + 1, prototypes_per_class)
+        self.register_buffer("prototypes", F.normalize(torch.randn(*shape, dim, generator=generator), dim=-1))
+        self.register_buffer("initialized", torch.zeros(shape, dtype=torch.bool))
+        self.momentum = momentum
+        self.num_classes = num_classes
+
+    @property
+    def background(self) -> int:
+        return self.num_classes
+
+    def nearest(self, features: Tensor) -> tuple[Tensor, Tensor]:
+        """Similarity to each class's nearest initialised prototype. features (B, T, M, d), unit norm.
+
+        Returns sim (B, T, M, C+1) (max over K) and idx (B, T, M, C+1); classes with no initialised
+        prototype get -inf.
+        """
+        sim = torch.einsum("btmd,mckd->btmck", features, self.prototypes)
+        sim = sim.masked_fill(~self.initialized[None, None], float("-inf"))
+        return sim.max(dim=-1)
+
+    @torch.no_grad()
+    def collect(self, features: Tensor, members: Tensor) -> Tensor:
+        """Pack sums and counts of member features per (m, c, k) into one flat buffer.
+
+        features (B, T, M, d) momentum features (normalised here); members (B, T, M, C+1) bool.
+        Each member is assigned to the nearest of its class's K prototypes (initialised or not).
+        """
+        features = F.normalize(features.float(), dim=-1)
+        sim = torch.einsum("btmd,mckd->btmck", features, self.prototypes)
+        assign = F.one_hot(sim.argmax(dim=-1), self.prototypes.shape[2]).to(features.dtype)  # (B,T,M,C+1,K)
+        weights = assign * members.unsqueeze(-1).to(features.dtype)
+        sums = torch.einsum("btmck,btmd->mckd", weights, features)
+        counts = weights.sum(dim=(0, 1))
+        return torch.cat([sums.reshape(-1), counts.reshape(-1)])
+
+    @torch.no_grad()
+    def apply(self, buffer: Tensor) -> Tensor:
+        """mu <- normalise(beta*mu + (1-beta)*sum/count) where count > 0; a slot's first update sets it.
+
+        Returns the counts (M, C+1, K) that were applied.
+        """
+        n_sum = self.prototypes.numel()
+        sums = buffer[:n_sum].view_as(self.prototypes).to(self.prototypes.dtype)
+        counts = buffer[n_sum:].view_as(self.initialized).to(self.prototypes.dtype)
+        updated = counts > 0
+        mean = sums / counts.clamp_min(1.0).unsqueeze(-1)
+        blended = torch.where(self.initialized.unsqueeze(-1),
+                              self.momentum * self.prototypes + (1.0 - self.momentum) * mean, mean)
+        new = torch.where(updated.unsqueeze(-1), F.normalize(blended, dim=-1), self.prototypes)
+        self.prototypes.copy_(new)
+        self.initialized |= updated
+        return counts
+
+    @torch.no_grad()
+    def update(self, features: Tensor, members: Tensor, reducer: Reducer = identity_reducer) -> Tensor:
+        """One bank step: collect -> reducer (e.g. all-reduce SUM of the packed buffer) -> apply."""
+        return self.apply(reducer(self.collect(features, members)))

@@ -1,0 +1,273 @@
+"""The method's pieces in isolation: network, EMA, prototype bank, pseudo-labels, losses."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model.config import NetworkConfig, PPLConfig
+from model.losses import pl_weight_at, total_loss
+from model.momentum import MomentumEncoder
+from model.network import AudioVisualParser, pool_frames
+from model.ppl import PPL
+from model.prototypes import PrototypeBank, select_key_segments
+from model.pseudo_labels import prototype_pseudo_labels
+
+B, T, C = 3, 10, 25
+
+
+def inputs(batch=B, frames=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, T, 128, generator=g), torch.randn(batch, frames * T, 2048, generator=g),
+            torch.randn(batch, T, 512, generator=g))
+
+
+def weak(batch=B, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.rand(batch, C, generator=g) < 0.15).float()
+    w[:, 0] = 1.0
+    return w
+
+
+@pytest.mark.parametrize("preset", ["ppl", "han"])
+def test_network_output_shapes_and_probability_ranges(preset):
+    net = AudioVisualParser(NetworkConfig(preset=preset))
+    out = net(*inputs())
+    assert out.features.shape == (B, T, 2, 512)
+    assert out.frame_prob.shape == (B, T, 2, C)
+    assert out.modality_prob.shape == (B, 2, C)
+    assert out.global_prob.shape == (B, C)
+    for p in (out.frame_prob, out.modality_prob, out.global_prob):
+        assert torch.all((p >= 0) & (p <= 1))
+
+
+@pytest.mark.parametrize("preset", ["ppl", "han"])
+def test_every_parameter_gets_a_gradient(preset):
+    net = AudioVisualParser(NetworkConfig(preset=preset))
+    out = net(*inputs())
+    (out.global_prob.sum() + out.frame_prob.sum() + out.modality_prob.sum()).backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert missing == []
+
+
+def test_dimensions_come_from_config():
+    cfg = NetworkConfig(num_classes=7, num_segments=4, audio_dim=16, visual_2d_dim=32, visual_3d_dim=8, model_dim=24,
+                        audio_hidden=12, visual_hidden=20)
+    out = AudioVisualParser(cfg)(torch.randn(2, 4, 16), torch.randn(2, 4, 32), torch.randn(2, 4, 8))
+    assert out.frame_prob.shape == (2, 4, 2, 7) and out.features.shape == (2, 4, 2, 24)
+
+
+@pytest.mark.parametrize("preset", ["ppl", "han"])
+def test_pooling_frames_before_projection_equals_projecting_every_frame(preset):
+    torch.manual_seed(0)
+    net = AudioVisualParser(NetworkConfig(preset=preset)).eval()
+    audio, frames, v3d = inputs(frames=8)
+    pooled = net(audio, pool_frames(frames, T), v3d)
+    direct = net(audio, frames, v3d)
+    assert torch.equal(pooled.frame_prob, direct.frame_prob)
+    # the linear layer commutes with the mean: project 80 frames, then pool
+    linear = net.projection.visual_2d if preset == "han" else net.projection.visual_2d[0]
+    per_frame = linear(frames).view(B, T, 8, -1).mean(2)
+    assert torch.allclose(per_frame, linear(pool_frames(frames, T)), atol=1e-5)
+
+
+def test_presets_differ_in_structure():
+    ppl_params = sum(p.numel() for p in AudioVisualParser(NetworkConfig(preset="ppl")).parameters())
+    han = AudioVisualParser(NetworkConfig(preset="han"))
+    assert isinstance(han.projection.audio, torch.nn.Linear)
+    assert ppl_params != sum(p.numel() for p in han.parameters())
+
+
+def test_network_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="model.preset"):
+        NetworkConfig(preset="bert").validate()
+    with pytest.raises(ValueError, match="model.num_classes"):
+        NetworkConfig(num_classes=0).validate()
+
+
+def test_ema_update_follows_the_formula():
+    net = AudioVisualParser(NetworkConfig())
+    enc = MomentumEncoder(net, decay=0.9)
+    before = copy.deepcopy(enc.ema.state_dict())
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    enc.update(net)
+    for name, online in net.state_dict().items():
+        expected = 0.9 * before[name] + 0.1 * online
+        assert torch.allclose(enc.ema.state_dict()[name], expected, atol=1e-6), name
+    assert not any(p.requires_grad for p in enc.ema.parameters())
+
+
+def test_without_ema_the_momentum_output_is_the_online_output_detached():
+    net = AudioVisualParser(NetworkConfig())
+    enc = MomentumEncoder(net, decay=None)
+    out = net(*inputs())
+    m = enc(out, *inputs())
+    assert enc.ema is None and torch.equal(m.features, out.features) and not m.features.requires_grad
+
+
+def test_ema_decay_outside_unit_interval_is_rejected():
+    with pytest.raises(ValueError, match="ema_decay"):
+        MomentumEncoder(AudioVisualParser(NetworkConfig()), decay=1.0)
+    with pytest.raises(ValueError, match="ppl.ema_decay"):
+        PPLConfig(ema_decay=-0.1).validate()
+
+
+def test_tau_must_be_positive():
+    with pytest.raises(ValueError, match="ppl.tau"):
+        PPLConfig(tau=0).validate()
+
+
+def random_step(batch=8, k=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    features = torch.randn(batch, T, 2, 32, generator=g)
+    frame_prob = torch.rand(batch, T, 2, C, generator=g)
+    w = weak(batch, seed)
+    return features, frame_prob, w
+
+
+def test_key_segments_are_labelled_confident_top_k():
+    cfg = PPLConfig(key_top_k=2, key_min_prob=0.6, background_max_prob=0.2, background_top_k=1)
+    _, prob, w = random_step()
+    members = select_key_segments(prob, w, cfg)
+    keys = members[..., :C]
+    assert not keys[~w.bool()[:, None, None, :].expand_as(keys)].any()        # only labelled classes
+    assert (prob[keys] >= 0.6).all()
+    assert (keys.sum(dim=1) <= 2).all()                                         # at most top-k per (b, m, c)
+    bg = members[..., C]
+    labelled_max = prob.masked_fill(~w.bool()[:, None, None, :], 0).amax(-1)
+    assert (labelled_max[bg] < 0.2).all() and (bg.sum(dim=1) <= 1).all()
+
+
+def test_bank_from_two_halves_summed_by_the_reducer_equals_the_whole_batch():
+    cfg = PPLConfig(key_min_prob=0.3, background_max_prob=0.3, background_top_k=2)
+    features, prob, w = random_step(batch=8)
+    members = select_key_segments(prob, w, cfg)
+    whole, split = (PrototypeBank(C, 32, prototypes_per_class=2, momentum=0.9) for _ in range(2))
+    for step in range(3):
+        f = features.roll(step, dims=0)
+        m = members.roll(step, dims=0)
+        whole.update(f, m)
+        other = split.collect(f[4:], m[4:])            # what rank 1 would contribute
+        split.update(f[:4], m[:4], reducer=lambda buf: buf + other)
+        assert torch.allclose(whole.prototypes, split.prototypes, atol=1e-6)
+        assert torch.equal(whole.initialized, split.initialized)
+
+
+def test_bank_prototypes_stay_unit_norm_and_empty_classes_unchanged():
+    cfg = PPLConfig(key_min_prob=0.3)
+    features, prob, w = random_step()
+    w[:, 5] = 0.0
+    bank = PrototypeBank(C, 32, prototypes_per_class=3, momentum=0.5)
+    before = bank.prototypes.clone()
+    counts = bank.update(features, select_key_segments(prob, w, cfg))
+    assert torch.allclose(bank.prototypes.norm(dim=-1), torch.ones(2, C + 1, 3), atol=1e-5)
+    assert torch.equal(bank.prototypes[:, 5], before[:, 5]) and (counts[:, 5] == 0).all()
+    assert torch.equal(bank.initialized, counts > 0)
+
+
+def test_first_update_sets_a_prototype_then_blends():
+    bank = PrototypeBank(1, 4, momentum=0.75)
+    members = torch.zeros(1, 1, 2, 2, dtype=torch.bool)
+    members[0, 0, 0, 0] = True
+    first = torch.tensor([1.0, 0, 0, 0]).expand(1, 1, 2, 4)
+    bank.update(first, members)
+    assert torch.allclose(bank.prototypes[0, 0, 0], torch.tensor([1.0, 0, 0, 0]))
+    second = torch.tensor([0, 1.0, 0, 0]).expand(1, 1, 2, 4)
+    bank.update(second, members)
+    assert torch.allclose(bank.prototypes[0, 0, 0], F.normalize(torch.tensor([0.75, 0.25, 0, 0]), dim=0))
+
+
+def initialised_bank(seed=0):
+    bank = PrototypeBank(C, 32, prototypes_per_class=2, momentum=0.9, seed=seed)
+    bank.initialized.fill_(True)
+    return bank
+
+
+@pytest.mark.parametrize("competition", ["across_classes", "per_class"])
+@pytest.mark.parametrize("hard", [False, True])
+def test_pseudo_labels_are_zero_outside_the_weak_label(competition, hard):
+    features, _, w = random_step()
+    labels = prototype_pseudo_labels(features, initialised_bank(), w, PPLConfig(competition=competition), hard)
+    outside = ~w.bool()[:, None, None, :].expand_as(labels.targets)
+    assert (labels.targets[outside] == 0).all()
+    assert (labels.weights[outside] == 1).all()   # known negatives carry loss
+    assert ((labels.targets >= 0) & (labels.targets <= 1)).all()
+
+
+def test_soft_labels_with_background_sum_to_one_across_classes():
+    features, _, w = random_step()
+    bank = initialised_bank()
+    labels = prototype_pseudo_labels(features, bank, w, PPLConfig(competition="across_classes", tau=0.1), hard=False)
+    from model.pseudo_labels import prototype_scores
+    sim, usable = prototype_scores(features, bank, w)
+    q_bg = torch.softmax((sim / 0.1).masked_fill(~usable, float("-inf")), -1)[..., C]
+    assert torch.allclose(labels.targets.sum(-1) + q_bg, torch.ones_like(q_bg), atol=1e-5)
+
+
+@pytest.mark.parametrize("competition", ["across_classes", "per_class"])
+def test_small_tau_soft_labels_approach_hard_labels(competition):
+    features, _, w = random_step()
+    bank = initialised_bank()
+    hard = prototype_pseudo_labels(features, bank, w, PPLConfig(competition=competition), hard=True)
+    from model.pseudo_labels import prototype_scores
+    sim, usable = prototype_scores(features, bank, w)
+    if competition == "per_class":
+        margin = (sim[..., :C] - sim[..., C:]).abs()
+    else:
+        top2 = sim.masked_fill(~usable, float("-inf")).topk(2, dim=-1).values
+        margin = (top2[..., 0] - top2[..., 1]).unsqueeze(-1).expand(-1, -1, -1, C)
+    previous = None
+    for tau in (1e-1, 1e-2, 1e-3, 1e-5):
+        soft = prototype_pseudo_labels(features, bank, w, PPLConfig(competition=competition, tau=tau), hard=False)
+        gap = (soft.targets - hard.targets).abs()
+        assert previous is None or gap.sum() < previous
+        previous = gap.sum()
+    # at tau = 1e-5 soft == hard except on exact near-ties of the similarities
+    assert (gap[margin > 1e-3] < 1e-6).all()
+
+
+def test_confidence_gate_removes_loss_on_uncertain_segments():
+    features, _, w = random_step()
+    bank = initialised_bank()
+    open_ = prototype_pseudo_labels(features, bank, w, PPLConfig(tau=1.0), hard=False)
+    gated = prototype_pseudo_labels(features, bank, w, PPLConfig(tau=1.0, confidence_gate=0.9), hard=False)
+    labelled = w.bool()[:, None, None, :].expand_as(open_.weights)
+    assert gated.weights[labelled].sum() < open_.weights[labelled].sum()
+
+
+def test_uninitialised_classes_give_no_pseudo_label_loss():
+    features, _, w = random_step()
+    bank = PrototypeBank(C, 32)
+    labels = prototype_pseudo_labels(features, bank, w, PPLConfig(), hard=False)
+    labelled = w.bool()[:, None, None, :].expand_as(labels.weights)
+    assert (labels.weights[labelled] == 0).all() and (labels.assignment == -1).all()
+
+
+def test_warmup_and_ramp_schedule():
+    cfg = PPLConfig(pl_weight=0.5, warmup_epochs=2, rampup_epochs=2)
+    assert [pl_weight_at(e, cfg) for e in range(5)] == [0.0, 0.0, 0.25, 0.5, 0.5]
+    assert pl_weight_at(5, PPLConfig(labeler="none")) == 0.0
+
+
+def test_ppl_step_trains_and_fills_the_bank():
+    torch.manual_seed(0)
+    cfg = PPLConfig(warmup_epochs=0, key_min_prob=0.0, contrastive_weight=0.1, ema_decay=0.9)
+    method = PPL(NetworkConfig(), cfg)
+    opt = torch.optim.Adam(method.network.parameters(), lr=1e-3)
+    x, w = inputs(batch=4), weak(4)
+    for _ in range(3):
+        out = method.network(*x)
+        step = method.losses(out, x, w, epoch=0)
+        opt.zero_grad()
+        step.losses.total.backward()
+        opt.step()
+        method.after_optimizer_step(method.network, step.momentum, w)
+        assert torch.isfinite(step.losses.total)
+    assert method.bank.initialized[:, 0].any()
+    assert step.losses.pseudo_label > 0
+
+
+def test_base_keeps_no_momentum_copy():
+    assert PPL(NetworkConfig(), PPLConfig(labeler="none")).momentum.ema is None
