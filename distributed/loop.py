@@ -79,6 +79,11 @@ def predict(network: torch.nn.Module, batches, device: torch.device) -> dict[str
     parts: dict[str, list] = {"video_id": [], "frame_prob": [], "global_prob": [], "dense_audio": [],
                               "dense_visual": []}
     for batch in batches:
+        if "valid" in batch and not bool(batch["valid"].all()):   # padding / skipped rows (shards)
+            keep = batch["valid"].nonzero().flatten()
+            batch = {k: ([v[i] for i in keep.tolist()] if isinstance(v, list) else v[keep]) for k, v in batch.items()}
+            if not batch["video_id"]:
+                continue
         out = network(*(batch[k].to(device) for k in INPUT_KEYS))
         parts["video_id"] += list(batch["video_id"])
         parts["frame_prob"].append(out.frame_prob.float().cpu().numpy())
@@ -100,6 +105,14 @@ def gather_predictions(local: dict[str, Any], world_size: int) -> dict[str, Any]
         values = [part[key] for part in everything]
         merged[key] = sum(values, []) if key == "video_id" else np.concatenate([v for v in values if len(v)])
     return merged
+
+
+def _sum_over_ranks(value: float, world_size: int) -> float:
+    if world_size == 1:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t)
+    return float(t.item())
 
 
 def score(pred: dict[str, Any]) -> dict[str, float]:
@@ -183,6 +196,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         metrics = progress.summary(ctx.world_size)
         metrics["videos_per_s"] = progress.steps * cfg.data.batch_size * ctx.world_size / max(elapsed, 1e-9)
         metrics["lr"] = learning_rate(cfg, epoch)
+        if hasattr(data, "skipped"):
+            metrics["skipped_bad_samples"] = _sum_over_ranks(data.skipped, ctx.world_size)
         val = score(gather_predictions(predict(engine.module, data.eval("val"), ctx.device), ctx.world_size))
         metrics.update({f"val_{k}": v for k, v in val.items()})
         metrics["epoch"] = epoch + 1

@@ -1,0 +1,61 @@
+"""The bank all-reduce over real gloo process groups: identical on every rank after every step, and
+equal to what one process computes on the union of the ranks' batches."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from distributed.engine import free_port
+from distributed.loop import all_reduce_sum
+from model.config import PPLConfig
+from model.prototypes import PrototypeBank, select_key_segments
+
+C, D, STEPS, PER_RANK = 25, 32, 4, 6
+CFG = PPLConfig(key_top_k=2, key_min_prob=0.3, background_max_prob=0.3, background_top_k=2)
+
+
+def step_data(step: int, rank: int):
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    features = torch.randn(PER_RANK, 10, 2, D, generator=g)
+    prob = torch.rand(PER_RANK, 10, 2, C, generator=g)
+    weak = (torch.rand(PER_RANK, C, generator=g) < 0.2).float()
+    weak[:, rank] = 1.0
+    return features, prob, weak
+
+
+def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    bank = PrototypeBank(C, D, prototypes_per_class=2, momentum=0.9, seed=0)
+    history = []
+    for step in range(STEPS):
+        features, prob, weak = step_data(step, rank)
+        bank.update(features, select_key_segments(prob, weak, CFG), reducer=all_reduce_sum)
+        history.append(bank.prototypes.clone())
+    torch.save(torch.stack(history), os.path.join(out_dir, f"bank_rank{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_rank_history(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bank")
+    mp.spawn(_worker, args=(2, free_port(), str(out)), nprocs=2, join=True)
+    return [torch.load(out / f"bank_rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_bank_bitwise_identical_on_both_ranks_after_every_step(two_rank_history):
+    rank0, rank1 = two_rank_history
+    for step in range(STEPS):
+        assert torch.equal(rank0[step], rank1[step]), f"ranks differ after step {step}"
+
+
+def test_bank_equals_single_process_on_union_of_batches(two_rank_history):
+    bank = PrototypeBank(C, D, prototypes_per_class=2, momentum=0.9, seed=0)
+    for step in range(STEPS):
+        parts = [step_data(step, r) for r in range(2)]
+        features, prob, weak = (torch.cat(x) for x in zip(*parts))
+        bank.update(features, select_key_segments(prob, weak, CFG))
+        assert torch.allclose(bank.prototypes, two_rank_history[0][step], atol=1e-6), f"step {step}"
+    assert bank.initialized.any()
