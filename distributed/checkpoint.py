@@ -17,7 +17,8 @@ import torch
 from model.ppl import PPL
 
 STATE_FILE = "ppl_state.pt"
-BEST_MODEL_FILE = "best_model.pt"
+BEST_MODEL_FILE = "best_model.pt"     # weights of the best validation epoch (for evaluate/predict)
+FINAL_MODEL_FILE = "final_model.pt"   # weights after the last step
 
 
 def rng_state() -> dict[str, torch.Tensor]:

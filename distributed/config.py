@@ -59,6 +59,7 @@ class DistributedConfig:
     max_failures: int = 0                 # Ray Train FailureConfig
     ray_address: str = ""                 # "" = local instance on 127.0.0.1 (or the job's cluster)
     checkpoint_every_steps: int = 0       # 0 = once per epoch
+    check_bank_sync: bool = False         # debug: assert the bank is bitwise equal on all ranks each step
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distributed.checkpoint import (BEST_MODEL_FILE, STATE_FILE, commit_local, latest_local_checkpoint,
+from distributed.checkpoint import (BEST_MODEL_FILE, FINAL_MODEL_FILE, STATE_FILE, commit_local, latest_local_checkpoint,
                                     load_training_state, new_tmp_dir, save_model, save_training_state)
 from distributed.config import RunConfig, config_from_dict
 from distributed.engine import build_engine, learning_rate
@@ -187,6 +187,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             progress.add(*stats)
             state["step"] += 1
             state["global_step"] += 1
+            if cfg.distributed.check_bank_sync and ctx.world_size > 1:
+                _assert_bank_in_sync(method, state["global_step"])
+            _maybe_inject_failure(loop_config, ctx, state["global_step"])
             if bar is not None:
                 bar.update(1)
             every = cfg.distributed.checkpoint_every_steps
@@ -218,7 +221,31 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     if bar is not None:
         bar.close()
+    if ctx.rank == 0:
+        save_model(output_dir / FINAL_MODEL_FILE, method, engine.module.state_dict(), cfg.to_dict(),
+                   {"epoch": cfg.optim.epochs})
     _finish(cfg, ctx, engine, method, data, state, logger)
+
+
+def _assert_bank_in_sync(method: PPL, step: int) -> None:
+    """Debug check (distributed.check_bank_sync): every rank holds the bitwise-same bank."""
+    mine = method.bank.prototypes.detach().cpu().contiguous()
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    if not all(torch.equal(mine, other) for other in gathered):
+        raise RuntimeError(f"prototype bank differs between ranks after global step {step}")
+
+
+def _maybe_inject_failure(loop_config: dict, ctx: WorkerContext, step: int) -> None:
+    """Test hook (not a config key): kill one worker process once, at a given global step."""
+    fault = loop_config.get("fail_once")
+    if not fault or ctx.rank != fault["rank"] or step != fault["step"]:
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.write_text(f"killed rank {ctx.rank} at step {step}\n")
+    os._exit(1)
 
 
 def train_step(cfg: RunConfig, method: PPL, engine, batch: dict, epoch: int, reducer):

@@ -1,0 +1,121 @@
+"""End to end in one process (no Ray): train -> best checkpoint -> evaluate/predict, DeepSpeed ZeRO 0-2,
+exact local resume, and the bad inputs a user hits first."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import TINY_MODEL
+from distributed.cli import main as cli
+from distributed.config import load_config
+from distributed.train import train
+
+
+def tiny_config(data_overrides, out, *extra):
+    return load_config("ppl", [*data_overrides, f"output_dir={out}", "distributed.num_workers=0",
+                               "distributed.engine=torch", "optim.epochs=2", "data.batch_size=8",
+                               "ppl.warmup_epochs=1", *TINY_MODEL, *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_llp, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "ppl"
+    cfg = tiny_config([f"data.annotations={tiny_llp / 'annotations'}", f"data.features={tiny_llp / 'features'}"],
+                      out, "tracking.mlflow=false")
+    return out, train(cfg, mlflow=False)
+
+
+def test_ppl_training_writes_ten_test_numbers_and_history(trained):
+    out, results = trained
+    assert set(results["test"]) == {"seg_a", "seg_v", "seg_av", "seg_type", "seg_event",
+                                    "evt_a", "evt_v", "evt_av", "evt_type", "evt_event"}
+    assert all(0.0 <= v <= 100.0 for v in results["test"].values())
+    assert [h["epoch"] for h in results["history"]] == [1, 2]
+    # pseudo-labels are off in warm-up (epoch 1) and on afterwards; their quality is tracked
+    assert results["history"][0]["loss_pseudo_label"] == 0.0 < results["history"][1]["loss_pseudo_label"]
+    assert "pl_f1" in results["history"][1] and "pl_model_f1" in results["history"][1]
+    assert (out / "best_model.pt").exists() and (out / "final_model.pt").exists()
+    assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_evaluate_checkpoint_reproduces_training_test_numbers(trained, tiny_llp, tmp_path):
+    out, results = trained
+    scores = tmp_path / "scores.json"
+    code = cli(["evaluate", "--checkpoint", str(out / "best_model.pt"), "--features", str(tiny_llp / "features"),
+                "--annotations", str(tiny_llp / "annotations"), "--split", "test", "--json", str(scores)])
+    assert code == 0
+    assert json.loads(scores.read_text()) == results["test"]
+
+
+def test_predict_writes_events_and_timelines(trained, tiny_llp, tmp_path):
+    out, _ = trained
+    code = cli(["predict", "--checkpoint", str(out / "best_model.pt"), "--features", str(tiny_llp / "features"),
+                "--annotations", str(tiny_llp / "annotations"), "--split", "val", "--out", str(tmp_path),
+                "--pictures", "2"])
+    assert code == 0
+    events = json.loads((tmp_path / "events.json").read_text())["videos"]
+    assert len(events) == 24
+    for video_events in events.values():
+        for e in video_events:
+            assert e["modality"] in ("audio", "visual", "audio_visual") and 0 <= e["onset"] < e["offset"] <= 10
+    pictures = sorted((tmp_path / "timelines").glob("*.png"))
+    assert len(pictures) == 2 and pictures[0].read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_deepspeed_zero_stages_train_from_shards(tiny_shards, tmp_path, stage):
+    cfg = tiny_config([f"data.shards={tiny_shards}"], tmp_path / f"zero{stage}", "distributed.engine=deepspeed",
+                      f"distributed.zero_stage={stage}", "optim.epochs=1", "tracking.mlflow=false")
+    results = train(cfg, mlflow=False)
+    assert results["history"][0]["loss_total"] > 0 and len(results["test"]) == 10
+
+
+def test_local_resume_continues_exactly(tiny_llp, tmp_path):
+    data = [f"data.annotations={tiny_llp / 'annotations'}", f"data.features={tiny_llp / 'features'}"]
+    full = tiny_config(data, tmp_path / "full", "deterministic=true", "tracking.mlflow=false")
+    train(full, mlflow=False)
+    # same run stopped after epoch 1, then restarted with 2 epochs: picks up the epoch-1 checkpoint
+    half = tiny_config(data, tmp_path / "half", "deterministic=true", "tracking.mlflow=false", "optim.epochs=1")
+    train(half, mlflow=False)
+    resumed = tiny_config(data, tmp_path / "half", "deterministic=true", "tracking.mlflow=false")
+    train(resumed, mlflow=False)
+    a = torch.load(tmp_path / "full" / "final_model.pt", weights_only=True)
+    b = torch.load(tmp_path / "half" / "final_model.pt", weights_only=True)
+    for part in ("network", "momentum", "bank"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key}"
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "distributed.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ppl.tua=0.1", "unknown config key 'ppl.tua' (did you mean 'ppl.tau'?)"),
+    ("ppl.tau=0", "ppl.tau: must be > 0"),
+    ("ppl.ema_decay=1.0", "ppl.ema_decay: must be in [0, 1)"),
+    ("data.batch_size=many", "data.batch_size: expected int"),
+])
+def test_bad_config_is_one_line_and_exit_2(tiny_llp, tmp_path, override, message):
+    proc = run_cli("train", f"data.annotations={tiny_llp / 'annotations'}", f"data.features={tiny_llp / 'features'}",
+                   f"output_dir={tmp_path / 'r'}", override)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0]
+    assert not (tmp_path / "r").exists()   # nothing written before validation
+
+
+def test_missing_feature_file_names_the_file(tiny_llp, tmp_path):
+    import shutil
+    features = tmp_path / "features"
+    shutil.copytree(tiny_llp / "features", features)
+    victim = sorted((features / "vggish").glob("*.npy"))[0]
+    victim.unlink()
+    proc = run_cli("train", f"data.annotations={tiny_llp / 'annotations'}", f"data.features={features}",
+                   f"output_dir={tmp_path / 'r'}", "distributed.num_workers=0", "distributed.engine=torch",
+                   "tracking.mlflow=false", *TINY_MODEL)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert str(victim) in last or victim.name in last
