@@ -62,8 +62,12 @@ class PPLConfig:
     bank_momentum: float = 0.99            # beta in mu <- normalise(beta*mu + (1-beta)*mean)
     key_top_k: int = 1                     # key segments per (video, labelled class, modality)
     key_min_prob: float = 0.5              # confidence floor for key segments
-    background: Literal["none", "low_confidence"] = "low_confidence"
-    background_max_prob: float = 0.1      # a segment feeds background if every labelled class < this
+    # low_confidence: one background prototype per modality from segments where every labelled class
+    #   is < background_max_prob (at most background_top_k per video and modality);
+    # negatives: per class, a negative prototype from all segments of videos WITHOUT that class
+    #   (certain negatives under weak labels); needs competition=per_class
+    background: Literal["none", "low_confidence", "negatives"] = "low_confidence"
+    background_max_prob: float = 0.1
     background_top_k: int = 1              # at most this many least-confident segments per video+modality
     # how pseudo-labels are formed from similarities
     competition: Literal["across_classes", "per_class"] = "per_class"
@@ -97,7 +101,10 @@ class PPLConfig:
         for name in ("key_min_prob", "background_max_prob", "confidence_gate", "pl_threshold"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"{prefix}.{name}", f"must be in [0, 1], got {value!r}")
-        _check(self.background in ("none", "low_confidence"), f"{prefix}.background", "must be none or low_confidence")
+        _check(self.background in ("none", "low_confidence", "negatives"), f"{prefix}.background",
+               "must be none, low_confidence or negatives")
+        _check(not (self.background == "negatives" and self.competition != "per_class"), f"{prefix}.background",
+               "negatives needs ppl.competition=per_class (each class is scored against its own negative)")
         _check(self.competition in ("across_classes", "per_class"), f"{prefix}.competition",
                "must be across_classes or per_class")
         for name in ("pl_weight", "contrastive_weight"):

@@ -53,4 +53,7 @@ class PPL(nn.Module):
         if not self.uses_bank:
             return None
         members = select_key_segments(momentum.frame_prob, weak_labels, self.cfg)
-        return self.bank.update(momentum.features, members, reducer)
+        negatives = None
+        if self.cfg.background == "negatives":   # every segment of a video without class c
+            negatives = (~weak_labels.bool())[:, None, None, :].expand_as(momentum.frame_prob)
+        return self.bank.update(momentum.features, members, reducer, negatives)

@@ -1,6 +1,9 @@
 """Prototype bank (DESIGN §3.3, our reconstruction of the main paper's Sec. 4).
 
-Per modality m and class c, K unit-norm prototypes; class index C is the background.
+Per modality m and class c, K unit-norm prototypes; class index C is the background. With
+``background: negatives`` each class also has a negative prototype (M, C, d): the mean feature of
+segments from videos whose weak label lacks the class — certain negatives, so the "not c" side of
+a pseudo-label never feeds on the model's own guesses.
 An update is split in two so the distributed layer can all-reduce in between:
 ``collect`` packs per-(m, c, k) feature sums and counts into ONE flat buffer, a reducer
 (identity, or an all-reduce SUM across ranks) combines buffers, ``apply`` blends the means
@@ -38,7 +41,7 @@ def select_key_segments(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig)
     is_top = torch.zeros_like(frame_prob, dtype=torch.bool).scatter_(1, top_idx, True)
     keys = is_top & labelled & (frame_prob >= cfg.key_min_prob)
     background = torch.zeros(batch, steps, mods, 1, dtype=torch.bool, device=frame_prob.device)
-    if cfg.background != "none":
+    if cfg.background == "low_confidence":
         labelled_prob = frame_prob.masked_fill(~labelled, 0.0).amax(dim=-1)   # (B, T, M)
         candidate = labelled_prob < cfg.background_max_prob
         kb = min(cfg.background_top_k, steps)
@@ -60,6 +63,8 @@ class PrototypeBank(nn.Module):
         shape = (num_modalities, num_classes + 1, prototypes_per_class)
         self.register_buffer("prototypes", F.normalize(torch.randn(*shape, dim, generator=generator), dim=-1))
         self.register_buffer("initialized", torch.zeros(shape, dtype=torch.bool))
+        self.register_buffer("negatives", torch.zeros(num_modalities, num_classes, dim))
+        self.register_buffer("negatives_initialized", torch.zeros(num_modalities, num_classes, dtype=torch.bool))
         self.momentum = momentum
         self.num_classes = num_classes
 
@@ -77,12 +82,18 @@ class PrototypeBank(nn.Module):
         sim = sim.masked_fill(~self.initialized[None, None], float("-inf"))
         return sim.max(dim=-1)
 
-    @torch.no_grad()
-    def collect(self, features: Tensor, members: Tensor) -> Tensor:
-        """Pack sums and counts of member features per (m, c, k) into one flat buffer.
+    def negative_similarity(self, features: Tensor) -> Tensor:
+        """<f, nu_{m,c}> (B, T, M, C) for unit-norm features; -inf where the class has no negative yet."""
+        sim = torch.einsum("btmd,mcd->btmc", features, self.negatives)
+        return sim.masked_fill(~self.negatives_initialized[None, None], float("-inf"))
 
-        features (B, T, M, d) momentum features (normalised here); members (B, T, M, C+1) bool.
-        Each member is assigned to the nearest of its class's K prototypes (initialised or not).
+    @torch.no_grad()
+    def collect(self, features: Tensor, members: Tensor, negative_members: Tensor | None = None) -> Tensor:
+        """Pack sums and counts per (m, c, k) — and per (m, c) for negatives — into one flat buffer.
+
+        features (B, T, M, d) momentum features (normalised here); members (B, T, M, C+1) bool;
+        negative_members (B, T, M, C) bool or None. Each member is assigned to the nearest of its
+        class's K prototypes (initialised or not).
         """
         features = F.normalize(features.float(), dim=-1)
         sim = torch.einsum("btmd,mckd->btmck", features, self.prototypes)
@@ -90,7 +101,21 @@ class PrototypeBank(nn.Module):
         weights = assign * members.unsqueeze(-1).to(features.dtype)
         sums = torch.einsum("btmck,btmd->mckd", weights, features)
         counts = weights.sum(dim=(0, 1))
-        return torch.cat([sums.reshape(-1), counts.reshape(-1)])
+        if negative_members is None:
+            neg_sums = features.new_zeros(self.negatives.shape)
+            neg_counts = features.new_zeros(self.negatives_initialized.shape)
+        else:
+            neg = negative_members.to(features.dtype)
+            neg_sums = torch.einsum("btmc,btmd->mcd", neg, features)
+            neg_counts = neg.sum(dim=(0, 1))
+        return torch.cat([sums.reshape(-1), counts.reshape(-1), neg_sums.reshape(-1), neg_counts.reshape(-1)])
+
+    def _blend(self, current: Tensor, initialized: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
+        """normalise(beta*mu + (1-beta)*sum/count) where count > 0; a slot's first update sets it."""
+        updated = counts > 0
+        mean = sums / counts.clamp_min(1.0).unsqueeze(-1)
+        blended = torch.where(initialized.unsqueeze(-1), self.momentum * current + (1.0 - self.momentum) * mean, mean)
+        return torch.where(updated.unsqueeze(-1), F.normalize(blended, dim=-1), current)
 
     @torch.no_grad()
     def apply(self, buffer: Tensor) -> Tensor:
@@ -98,19 +123,22 @@ class PrototypeBank(nn.Module):
 
         Returns the counts (M, C+1, K) that were applied.
         """
-        n_sum = self.prototypes.numel()
-        sums = buffer[:n_sum].view_as(self.prototypes).to(self.prototypes.dtype)
-        counts = buffer[n_sum:].view_as(self.initialized).to(self.prototypes.dtype)
-        updated = counts > 0
-        mean = sums / counts.clamp_min(1.0).unsqueeze(-1)
-        blended = torch.where(self.initialized.unsqueeze(-1),
-                              self.momentum * self.prototypes + (1.0 - self.momentum) * mean, mean)
-        new = torch.where(updated.unsqueeze(-1), F.normalize(blended, dim=-1), self.prototypes)
-        self.prototypes.copy_(new)
-        self.initialized |= updated
+        dtype = self.prototypes.dtype
+        parts, start = [], 0
+        for shape in (self.prototypes.shape, self.initialized.shape, self.negatives.shape,
+                      self.negatives_initialized.shape):
+            n = int(torch.Size(shape).numel())
+            parts.append(buffer[start:start + n].view(shape).to(dtype))
+            start += n
+        sums, counts, neg_sums, neg_counts = parts
+        self.prototypes.copy_(self._blend(self.prototypes, self.initialized, sums, counts))
+        self.initialized |= counts > 0
+        self.negatives.copy_(self._blend(self.negatives, self.negatives_initialized, neg_sums, neg_counts))
+        self.negatives_initialized |= neg_counts > 0
         return counts
 
     @torch.no_grad()
-    def update(self, features: Tensor, members: Tensor, reducer: Reducer = identity_reducer) -> Tensor:
+    def update(self, features: Tensor, members: Tensor, reducer: Reducer = identity_reducer,
+               negative_members: Tensor | None = None) -> Tensor:
         """One bank step: collect -> reducer (e.g. all-reduce SUM of the packed buffer) -> apply."""
-        return self.apply(reducer(self.collect(features, members)))
+        return self.apply(reducer(self.collect(features, members, negative_members)))

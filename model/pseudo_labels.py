@@ -43,7 +43,6 @@ def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: 
     sim, usable = prototype_scores(features, bank, weak_labels)
     logits = (sim / cfg.tau).masked_fill(~usable, float("-inf"))
     class_usable = usable[..., :num_classes]
-    has_background = usable[..., num_classes]
     if cfg.competition == "across_classes":
         any_usable = usable.any(dim=-1, keepdim=True)
         q = torch.softmax(logits.masked_fill(~any_usable, 0.0), dim=-1).masked_fill(~usable, 0.0)
@@ -54,11 +53,16 @@ def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: 
         weights = class_usable & gate.unsqueeze(-1)
         assignment = torch.where(gate, winner, torch.full_like(winner, -1))
     else:
-        margin = logits[..., :num_classes] - logits[..., num_classes:]               # (s_c - s_bg) / tau
-        q = torch.sigmoid(margin.masked_fill(~(class_usable & has_background.unsqueeze(-1)), 0.0))
+        class_logits = logits[..., :num_classes]
+        if cfg.background == "negatives":   # each class against its own negative prototype
+            negative = bank.negative_similarity(F.normalize(features.float(), dim=-1)) / cfg.tau
+        else:                               # each class against the modality's background prototype
+            negative = logits[..., num_classes:].expand_as(class_logits)
+        class_usable = class_usable & torch.isfinite(negative)
+        q = torch.sigmoid((class_logits - negative).masked_fill(~class_usable, 0.0))   # (s_c - s_bg) / tau
         q_classes = (q >= 0.5).float() if hard else q
         confidence = torch.maximum(q, 1.0 - q)
-        weights = class_usable & has_background.unsqueeze(-1) & (confidence >= cfg.confidence_gate)
+        weights = class_usable & (confidence >= cfg.confidence_gate)
         # hard assignment for the contrastive loss: best positive class, else background
         positive = (q >= 0.5) & weights
         best = q.masked_fill(~positive, -1.0).argmax(dim=-1)

@@ -145,13 +145,14 @@ def test_bank_from_two_halves_summed_by_the_reducer_equals_the_whole_batch():
     features, prob, w = random_step(batch=8)
     members = select_key_segments(prob, w, cfg)
     whole, split = (PrototypeBank(C, 32, prototypes_per_class=2, momentum=0.9) for _ in range(2))
+    negatives = (~w.bool())[:, None, None, :].expand_as(prob)
     for step in range(3):
-        f = features.roll(step, dims=0)
-        m = members.roll(step, dims=0)
-        whole.update(f, m)
-        other = split.collect(f[4:], m[4:])            # what rank 1 would contribute
-        split.update(f[:4], m[:4], reducer=lambda buf: buf + other)
+        f, m, n = (x.roll(step, dims=0) for x in (features, members, negatives))
+        whole.update(f, m, negative_members=n)
+        other = split.collect(f[4:], m[4:], n[4:])            # what rank 1 would contribute
+        split.update(f[:4], m[:4], reducer=lambda buf: buf + other, negative_members=n[:4])
         assert torch.allclose(whole.prototypes, split.prototypes, atol=1e-6)
+        assert torch.allclose(whole.negatives, split.negatives, atol=1e-6)
         assert torch.equal(whole.initialized, split.initialized)
 
 
@@ -271,3 +272,32 @@ def test_ppl_step_trains_and_fills_the_bank():
 
 def test_base_keeps_no_momentum_copy():
     assert PPL(NetworkConfig(), PPLConfig(labeler="none")).momentum.ema is None
+
+
+def test_negative_prototype_is_the_mean_of_segments_from_videos_without_the_class():
+    features, prob, w = random_step(batch=6)
+    w[:3, 7] = 1.0
+    w[3:, 7] = 0.0
+    bank = PrototypeBank(C, 32)
+    negatives = (~w.bool())[:, None, None, :].expand_as(prob)
+    bank.update(features, torch.zeros(6, T, 2, C + 1, dtype=torch.bool), negative_members=negatives)
+    unit = F.normalize(features, dim=-1)
+    expected = F.normalize(unit[3:].sum(dim=(0, 1)), dim=-1)          # (M, d): videos 3..5 lack class 7
+    assert torch.allclose(bank.negatives[:, 7], expected, atol=1e-5)
+    assert bank.negatives_initialized[:, 7].all() and not bank.initialized.any()
+
+
+def test_negatives_mode_scores_each_class_against_its_own_negative():
+    features, _, w = random_step()
+    bank = initialised_bank()
+    bank.negatives.copy_(F.normalize(torch.randn(2, C, 32), dim=-1))
+    bank.negatives_initialized.fill_(True)
+    cfg = PPLConfig(background="negatives", tau=0.2)
+    labels = prototype_pseudo_labels(features, bank, w, cfg, hard=False)
+    unit = F.normalize(features, dim=-1)
+    s_pos = torch.einsum("btmd,mckd->btmck", unit, bank.prototypes).amax(-1)[..., :C]
+    s_neg = torch.einsum("btmd,mcd->btmc", unit, bank.negatives)
+    expected = torch.sigmoid((s_pos - s_neg) / 0.2) * w[:, None, None, :]
+    assert torch.allclose(labels.targets, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="ppl.background"):
+        PPLConfig(background="negatives", competition="across_classes").validate()
