@@ -31,6 +31,11 @@ test-all: install
 demo: install
 	$(BIN)/python -m distributed.demo --out $(DEMO_DIR)
 
+# tau x EMA sweep on synthetic data (6 in-process trials), then the comparison table.
+sweep-demo: install
+	test -f $(DEMO_DIR)/sweep-data/synth.json || $(BIN)/python -m distributed.synth --out $(DEMO_DIR)/sweep-data --train 800 --val 150 --test 150
+	PPL_SWEEP_DATA=$(DEMO_DIR)/sweep-data $(BIN)/python -m tune.sweep --config tune/sweeps/demo.yaml --resume
+
 bench: install
 	$(BIN)/python bench/bench_train_step.py
 	$(BIN)/python bench/bench_eval.py

@@ -164,7 +164,8 @@ def build_data(cfg: RunConfig, ctx: WorkerContext):
     return ArrayData(cfg, ctx.rank, ctx.world_size)
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
+    """``on_epoch(metrics)``: called on rank 0 after each epoch (in-process runs, e.g. Tune trials)."""
     cfg = config_from_dict(loop_config["config"])
     ctx = worker_context(bool(loop_config.get("in_ray")), cfg)
     seed_everything(cfg)
@@ -217,6 +218,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             print(_epoch_line(cfg, metrics), flush=True)
             if logger:
                 logger.metrics(metrics, step=epoch + 1)
+            if on_epoch is not None:
+                on_epoch(dict(metrics))
         _checkpoint(cfg, ctx, engine, method, state, metrics)
 
     if bar is not None:

@@ -20,6 +20,13 @@ def tracking_uri(cfg: RunConfig) -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def default_artifact_location(uri: str) -> str | None:
+    """Beside a local sqlite store (not ./mlruns of whatever folder the job started in); servers decide."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def _params(cfg: RunConfig) -> dict[str, str]:
     return {k: ("none" if v is None else str(v))[:6000] for k, v in cfg.flatten().items()}
 
@@ -28,9 +35,11 @@ def create_run(cfg: RunConfig) -> str:
     """Create (driver side) the run this job logs into; returns its id."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(cfg))
+    uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name(cfg.tracking.experiment)
-    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(cfg.tracking.experiment)
+    experiment_id = experiment.experiment_id if experiment else mlflow.create_experiment(
+        cfg.tracking.experiment, artifact_location=default_artifact_location(uri))
     client = mlflow.MlflowClient()
     tags = {"mlflow.runName": cfg.tracking.run_name or cfg.name}
     if cfg.tracking.parent_run_id:

@@ -41,7 +41,7 @@ def init_ray(cfg: RunConfig) -> None:
                  num_cpus=max(os.cpu_count() or 1, int(cfg.world_size * cfg.distributed.cpus_per_worker) + 1))
 
 
-def fit_with_ray(cfg: RunConfig, loop_config: dict):
+def fit_with_ray(cfg: RunConfig, loop_config: dict, callbacks: list | None = None):
     """Ray Train: TorchTrainer with our worker loop, FailureConfig restarts from the latest checkpoint."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -56,13 +56,17 @@ def fit_with_ray(cfg: RunConfig, loop_config: dict):
                                      resources_per_worker={"CPU": dist_cfg.cpus_per_worker}),
         run_config=RayRunConfig(name=cfg.name, storage_path=str(Path(cfg.output_dir).resolve() / "ray"),
                                 failure_config=FailureConfig(max_failures=dist_cfg.max_failures),
-                                checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                                checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )
     return trainer.fit()
 
 
-def train(cfg: RunConfig, mlflow: bool = True) -> dict:
-    """Run one job end to end; returns results.json's content."""
+def train(cfg: RunConfig, mlflow: bool = True, *, on_epoch=None, callbacks: list | None = None) -> dict:
+    """Run one job end to end; returns results.json's content.
+
+    ``on_epoch(metrics)`` is called after every epoch of an in-process run (num_workers=0);
+    ``callbacks`` go to Ray Train's RunConfig (e.g. Tune's report callback) for Ray Train runs.
+    """
     output_dir = Path(cfg.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, output_dir / "config.yaml")
@@ -73,9 +77,9 @@ def train(cfg: RunConfig, mlflow: bool = True) -> dict:
         print(f"MLflow run {run_id} at {tracking_uri(cfg)}", flush=True)
     loop_config = {"config": cfg.to_dict(), "mlflow_run_id": run_id}
     if cfg.distributed.num_workers == 0:
-        train_loop_per_worker(loop_config)
+        train_loop_per_worker(loop_config, on_epoch=on_epoch)
     else:
-        fit_with_ray(cfg, loop_config)
+        fit_with_ray(cfg, loop_config, callbacks=callbacks)
     return json.loads((output_dir / RESULTS_FILE).read_text())
 
 
