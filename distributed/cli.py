@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shard": ("distributed.shards", "write / verify WebDataset shards of an LLP-layout dataset"),
     "sweep": ("tune.sweep", "Ray Tune sweep over any config key (tau, EMA decay, seeds, ...)"),
     "compare": ("tune.compare", "compare MLflow runs as a paper-style table"),
-    "submit": ("distributed.submit", "submit a cluster recipe with `ray job submit`"),
+    "submit": ("tune.submit", "submit a cluster recipe with `ray job submit`"),
 }
 
 

@@ -105,8 +105,10 @@ class RunConfig:
         _require(dist.zero_stage in (0, 1, 2), "distributed.zero_stage",
                  "must be 0, 1 or 2 (ZeRO-3 partitions the weights the EMA encoder reads)")
         _require(dist.max_failures >= 0, "distributed.max_failures", "must be >= 0")
-        _require(dist.precision == "fp32" or dist.use_gpu, "distributed.precision",
-                 "bf16/fp16 need GPUs (use fp32 on CPU)")
+        _require(dist.precision != "fp16" or dist.use_gpu, "distributed.precision",
+                 "fp16 needs GPUs (use fp32 or bf16 on CPU)")
+        _require(dist.precision == "fp32" or dist.engine == "deepspeed", "distributed.precision",
+                 "bf16/fp16 need engine=deepspeed")
         _require(dist.engine == "deepspeed" or dist.zero_stage == 0, "distributed.zero_stage",
                  "ZeRO needs engine=deepspeed")
         _require(bool(d.shards) or (bool(d.annotations) and bool(d.features)), "data",

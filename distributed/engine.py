@@ -20,6 +20,20 @@ from distributed.config import RunConfig
 from distributed.errors import ConfigError
 
 
+def cast_inputs(module: nn.Module, inputs: tuple) -> tuple:
+    """Features arrive as float32; a bf16/fp16 model (DeepSpeed mixed precision) needs its own dtype."""
+    dtype = next(module.parameters()).dtype
+    return tuple(x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() and x.dtype != dtype else x
+                 for x in inputs)
+
+
+def float_output(out):
+    """Losses, pseudo-labels and the bank stay in float32 whatever precision the forward ran in."""
+    if out.frame_prob.dtype == torch.float32:
+        return out
+    return type(out)(*(t.float() for t in (out.features, out.frame_prob, out.modality_prob, out.global_prob)))
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -54,15 +68,15 @@ def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
             raise ConfigError(f"distributed.deepspeed_config: {path} not found") from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"distributed.deepspeed_config: {path} is not valid JSON ({err})") from None
-    stage = base.get("zero_optimization", {}).get("stage", cfg.distributed.zero_stage)
-    if stage != cfg.distributed.zero_stage:
-        raise ConfigError(f"distributed.deepspeed_config: {path} sets zero_optimization.stage={stage} but "
-                          f"distributed.zero_stage={cfg.distributed.zero_stage}")
-    for key in ("bf16", "fp16"):
-        enabled = bool(base.get(key, {}).get("enabled", False))
-        if enabled != (cfg.distributed.precision == key):
-            raise ConfigError(f"distributed.deepspeed_config: {path} sets {key}.enabled={enabled} but "
-                              f"distributed.precision={cfg.distributed.precision}")
+        stage = base.get("zero_optimization", {}).get("stage", cfg.distributed.zero_stage)
+        if stage != cfg.distributed.zero_stage:
+            raise ConfigError(f"distributed.deepspeed_config: {path} sets zero_optimization.stage={stage} but "
+                              f"distributed.zero_stage={cfg.distributed.zero_stage}")
+        for key in ("bf16", "fp16"):
+            enabled = bool(base.get(key, {}).get("enabled", False))
+            if enabled != (cfg.distributed.precision == key):
+                raise ConfigError(f"distributed.deepspeed_config: {path} sets {key}.enabled={enabled} but "
+                                  f"distributed.precision={cfg.distributed.precision}")
     for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
         base.pop(key, None)   # batch arithmetic is ours (data.batch_size per worker)
     resolved = dict(base)
@@ -134,7 +148,7 @@ class DeepSpeedEngine:
         self.module = self.engine.module
 
     def __call__(self, *inputs):
-        return self.engine(*inputs)
+        return float_output(self.engine(*cast_inputs(self.module, inputs)))
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)

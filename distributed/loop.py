@@ -22,7 +22,7 @@ import torch.distributed as dist
 from distributed.checkpoint import (BEST_MODEL_FILE, FINAL_MODEL_FILE, STATE_FILE, commit_local, latest_local_checkpoint,
                                     load_training_state, new_tmp_dir, save_model, save_training_state)
 from distributed.config import RunConfig, config_from_dict
-from distributed.engine import build_engine, learning_rate
+from distributed.engine import build_engine, cast_inputs, learning_rate
 from distributed.tracking import RunLogger
 from model.metrics import llp_scores
 from model.ppl import PPL
@@ -84,7 +84,7 @@ def predict(network: torch.nn.Module, batches, device: torch.device) -> dict[str
             batch = {k: ([v[i] for i in keep.tolist()] if isinstance(v, list) else v[keep]) for k, v in batch.items()}
             if not batch["video_id"]:
                 continue
-        out = network(*(batch[k].to(device) for k in INPUT_KEYS))
+        out = network(*cast_inputs(network, tuple(batch[k].to(device) for k in INPUT_KEYS)))
         parts["video_id"] += list(batch["video_id"])
         parts["frame_prob"].append(out.frame_prob.float().cpu().numpy())
         parts["global_prob"].append(out.global_prob.float().cpu().numpy())

@@ -119,3 +119,14 @@ def test_missing_feature_file_names_the_file(tiny_llp, tmp_path):
     assert proc.returncode == 2, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert str(victim) in last or victim.name in last
+
+
+def test_deepspeed_bf16_trains_with_float32_ema_and_bank(tiny_shards, tmp_path):
+    cfg = tiny_config([f"data.shards={tiny_shards}"], tmp_path / "bf16", "distributed.engine=deepspeed",
+                      "distributed.zero_stage=1", "distributed.precision=bf16", "optim.epochs=1",
+                      "ppl.warmup_epochs=0", "ppl.key_min_prob=0.0", "tracking.mlflow=false")
+    results = train(cfg, mlflow=False)
+    assert len(results["test"]) == 10
+    final = torch.load(tmp_path / "bf16" / "final_model.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for k, v in final["momentum"].items() if v.is_floating_point())
+    assert final["bank"]["prototypes"].dtype == torch.float32 and final["bank"]["initialized"].any()

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import json
 import os
 import re
@@ -54,11 +53,6 @@ BUILTIN_SETTINGS: dict[str, Any] = {
     "env_vars": {"PYTHONUNBUFFERED": "1"},
     "forward_env": ["MLFLOW_TRACKING_URI"],
 }
-SWEEP_KEYS = {"name", "experiment", "base", "overrides", "space", "seeds", "metric", "resources_per_trial",
-              "max_concurrent_trials"}
-SWEEP_RESOURCES = {"workers": "distributed.num_workers", "cpus_per_worker": "distributed.cpus_per_worker",
-                   "use_gpu": "distributed.use_gpu"}
-SWEEP_MAX_POINTS = 10_000
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -71,7 +65,7 @@ class _Parser(argparse.ArgumentParser):
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = _Parser(prog="ppl-avvp submit", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("recipe", help="run config (e.g. clusters/recipes/llp_8gpu.yaml) or sweep file")
+    p.add_argument("recipe", nargs="?", help="run config (e.g. clusters/recipes/llp_8gpu.yaml) or sweep file")
     p.add_argument("overrides", nargs="*", help="key=value run-config overrides, passed on to the job")
     p.add_argument("--address", default=None,
                    help="Ray dashboard/jobs address, e.g. http://HEAD:8265 (default: $RAY_ADDRESS, "
@@ -85,7 +79,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra job environment variable (repeatable)")
     p.add_argument("--submission-id", default=None, help="job id to use (default: Ray makes one)")
-    return p.parse_intermixed_args(argv)
+    args = p.parse_intermixed_args(argv)
+    if not args.recipe:
+        raise UserError("the following argument is required: RECIPE (e.g. clusters/recipes/llp_8gpu.yaml)")
+    return args
 
 
 # ------------------------------------------------------------------------------------------------
@@ -224,71 +221,29 @@ def validate_run(recipe_rel: Path, overrides: list[str], working_dir: Path,
     return cfg, notes
 
 
-def _override_value(value: Any) -> str:
-    if value is None:
-        return "none"
-    if isinstance(value, (bool, int, float, str)):
-        return json.dumps(value)
-    raise ConfigError(f"sweep value {value!r}: grid values must be scalars")
-
-
-def validate_sweep(tree: dict, recipe: Path, overrides: list[str], working_dir: Path,
+def validate_sweep(recipe_rel: Path, overrides: list[str], working_dir: Path,
                    assumed_train_shards: int | None) -> list[str]:
-    """Schema of a sweep file, then every grid point x seed loads as a run config."""
-    unknown = set(tree) - SWEEP_KEYS
-    if unknown:
-        raise ConfigError(f"{recipe}: unknown sweep key '{sorted(unknown)[0]}' (known: {', '.join(sorted(SWEEP_KEYS))})")
-    for key in ("base", "space", "metric"):
-        if key not in tree:
-            raise ConfigError(f"{recipe}: sweep key '{key}' missing")
-    base = _on_cluster(str(tree["base"]), working_dir)
-    if not base.is_file():
-        raise ConfigError(f"{recipe}: base: {tree['base']} not found under the working_dir {working_dir}")
-    sweep_overrides = tree.get("overrides") or []
-    if not isinstance(sweep_overrides, list) or not all(isinstance(o, str) and "=" in o for o in sweep_overrides):
-        raise ConfigError(f"{recipe}: overrides must be a list of 'key=value' strings")
-    space = tree["space"]
-    if not isinstance(space, dict) or not space:
-        raise ConfigError(f"{recipe}: space must map dotted config keys to {{grid: [...]}}")
-    grids: list[tuple[str, list]] = []
-    for key, spec in space.items():
-        if not isinstance(spec, dict) or set(spec) != {"grid"} or not isinstance(spec["grid"], list) or not spec["grid"]:
-            raise ConfigError(f"{recipe}: space.{key} must be {{grid: [value, ...]}} with at least one value")
-        grids.append((str(key), spec["grid"]))
-    seeds = tree.get("seeds", [None])
-    if not isinstance(seeds, list) or not seeds or not all(s is None or (isinstance(s, int) and not isinstance(s, bool))
-                                                          for s in seeds):
-        raise ConfigError(f"{recipe}: seeds must be a non-empty list of integers")
-    if not isinstance(tree["metric"], str) or not tree["metric"]:
-        raise ConfigError(f"{recipe}: metric must be a metric name such as val_seg_type")
-    resources = tree.get("resources_per_trial") or {}
-    if not isinstance(resources, dict) or set(resources) - set(SWEEP_RESOURCES):
-        raise ConfigError(f"{recipe}: resources_per_trial takes {', '.join(SWEEP_RESOURCES)}")
-    concurrent = tree.get("max_concurrent_trials", 1)
-    if isinstance(concurrent, bool) or not isinstance(concurrent, int) or concurrent < 1:
-        raise ConfigError(f"{recipe}: max_concurrent_trials must be an integer >= 1")
-    resource_overrides = [f"{SWEEP_RESOURCES[k]}={_override_value(v)}" for k, v in resources.items()]
-    points = list(itertools.product(*[[(k, v) for v in grid] for k, grid in grids]))
-    if len(points) * len(seeds) > SWEEP_MAX_POINTS:
-        raise ConfigError(f"{recipe}: {len(points) * len(seeds)} trials; more than {SWEEP_MAX_POINTS}")
-    first: RunConfig | None = None
-    for point in points:
-        for seed in seeds:
-            trial = [f"{k}={_override_value(v)}" for k, v in point]
-            trial += [] if seed is None else [f"seed={seed}"]
-            where = ", ".join(trial)
-            try:
-                cfg = load_config(base, list(sweep_overrides) + resource_overrides + trial + list(overrides))
-            except UserError as err:
-                raise ConfigError(f"{recipe}: trial ({where}): {err}") from None
-            first = first or cfg
-    assert first is not None
-    check_deepspeed(first, working_dir)
-    shard_note = check_shards(first, working_dir, assumed_train_shards)
-    workers = first.world_size
-    return [f"sweep ok: {tree.get('name', recipe.stem)}: {len(points)} grid point(s) x {len(seeds)} seed(s) = "
-            f"{len(points) * len(seeds)} trials of {workers} worker(s), {concurrent} at a time, metric {tree['metric']}",
-            shard_note]
+    """The sweep loader's own validation (every trial's config), then DeepSpeed and shard checks on a trial.
+
+    Paths in a sweep file resolve against the file's folder and the current directory, as they will
+    on the cluster (the job starts in working_dir), so the check runs from working_dir.
+    """
+    from distributed.config import config_from_dict
+    from tune.spaces import load_sweep, trial_tree   # the sweep schema lives with tune.sweep
+
+    here = Path.cwd()
+    os.chdir(working_dir)
+    try:
+        spec = load_sweep(recipe_rel, list(overrides), check_data=False)
+        cfg = config_from_dict(trial_tree(spec.payload(parent_run_id="validation"), spec.points[0], spec.seeds[0],
+                                          spec.experiment_dir / "validation", "validation"))
+    finally:
+        os.chdir(here)
+    check_deepspeed(cfg, working_dir)
+    return [f"sweep ok: {spec.name}: {len(spec.points)} point(s) x {len(spec.seeds)} seed(s) = {spec.num_trials} "
+            f"trials of {cfg.world_size} worker(s) ({'GPU' if cfg.distributed.use_gpu else 'CPU'}), "
+            f"{spec.max_concurrent_trials or 'as resources allow'} at a time, metric {spec.metric} ({spec.mode})",
+            check_shards(cfg, working_dir, assumed_train_shards)]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -307,16 +262,23 @@ def ray_cli() -> str:
                     "(install the project: pip install -e .)")
 
 
-def build_runtime_env(settings: dict, working_dir: Path, extra_env: list[str]) -> dict:
+def parse_env(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not _ENV_NAME.match(key):
+            raise UserError(f"--env {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def build_runtime_env(settings: dict, working_dir: Path, extra_env: dict[str, str]) -> dict:
+    """working_dir + excludes + env_vars (settings, then forwarded variables, then --env)."""
     env_vars = {str(k): str(v) for k, v in (settings.get("env_vars") or {}).items()}
     for name in settings.get("forward_env") or []:
         if os.environ.get(name):
             env_vars[name] = os.environ[name]
-    for item in extra_env:
-        key, sep, value = item.partition("=")
-        if not sep or not _ENV_NAME.match(key):
-            raise UserError(f"--env {item!r}: expected KEY=VALUE")
-        env_vars[key] = value
+    env_vars.update(extra_env)
     runtime_env: dict[str, Any] = {"working_dir": str(working_dir)}
     if settings.get("excludes"):
         runtime_env["excludes"] = list(settings["excludes"])
@@ -346,7 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     for item in args.overrides:
         if "=" not in item:
-            raise UserError(f"override {item!r}: expected key=value (options go before the recipe's overrides)")
+            raise UserError(f"override {item!r}: expected key=value")
+    extra_env = parse_env(args.env)
     recipe = Path(args.recipe)
     if not recipe.is_file():
         raise UserError(f"{recipe}: recipe file not found")
@@ -357,10 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     recipe_rel = _in_working_dir(recipe, working_dir)
 
     tree = read_yaml(recipe)
-    if "space" in tree and "base" in tree:   # a sweep file (tune/sweep.py's schema)
+    if "space" in tree:   # a sweep file (tune/spaces.py's schema), run by tune.sweep
         if settings["entrypoint"] == BUILTIN_SETTINGS["entrypoint"]:
             settings["entrypoint"] = "tune.sweep"
-        notes = validate_sweep(tree, recipe_rel, args.overrides, working_dir, settings.get("train_shards"))
+        notes = validate_sweep(recipe_rel, args.overrides, working_dir, settings.get("train_shards"))
     else:
         _, notes = validate_run(recipe_rel, args.overrides, working_dir, settings.get("train_shards"))
     if settings_file is not None:
@@ -368,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in notes:
         print(line, file=sys.stderr)
 
-    runtime_env = build_runtime_env(settings, working_dir, args.env)
+    runtime_env = build_runtime_env(settings, working_dir, extra_env)
     entrypoint = ["python", "-m", str(settings["entrypoint"]), "--config", recipe_rel.as_posix(), *args.overrides]
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     cmd = build_command(ray_cli(), address, runtime_env, entrypoint, no_wait=args.no_wait,
