@@ -60,13 +60,14 @@ class PPLConfig:
     # prototype bank (ours: the main paper's Sec. 4 is not available)
     prototypes_per_class: int = 1          # K
     bank_momentum: float = 0.99            # beta in mu <- normalise(beta*mu + (1-beta)*mean)
+    center_features: bool = True           # compare features after subtracting their running mean
     key_top_k: int = 1                     # key segments per (video, labelled class, modality)
     key_min_prob: float = 0.5              # confidence floor for key segments
     # low_confidence: one background prototype per modality from segments where every labelled class
     #   is < background_max_prob (at most background_top_k per video and modality);
     # negatives: per class, a negative prototype from all segments of videos WITHOUT that class
     #   (certain negatives under weak labels); needs competition=per_class
-    background: Literal["none", "low_confidence", "negatives"] = "low_confidence"
+    background: Literal["none", "low_confidence", "negatives"] = "negatives"
     background_max_prob: float = 0.1
     background_top_k: int = 1              # at most this many least-confident segments per video+modality
     # how pseudo-labels are formed from similarities
@@ -79,7 +80,7 @@ class PPLConfig:
     pl_weight: float = 0.5                 # lambda_pl
     contrastive_weight: float = 0.0        # lambda_con
     contrastive_tau: float = 0.1
-    warmup_epochs: int = 1                 # MIL-only epochs before pseudo-labels switch on
+    warmup_epochs: int = 2                 # MIL-only epochs before pseudo-labels switch on
     rampup_epochs: int = 1                 # linear ramp of lambda_pl after warm-up
     # MIL loss options (HAN)
     modality_losses: bool = False          # HAN's extra per-modality BCE terms

@@ -43,7 +43,7 @@ def prototype_contrastive_loss(features: Tensor, bank: PrototypeBank, labels: Ps
     decided = labels.assignment >= 0
     if not decided.any():
         return features.sum() * 0.0
-    sim, _ = bank.nearest(F.normalize(features, dim=-1))          # (B, T, M, C+1), -inf if uninitialised
+    sim, _ = bank.nearest(bank.embed(features))                  # (B, T, M, C+1), -inf if uninitialised
     logits = sim[decided] / tau
     target = labels.assignment[decided]
     usable = torch.isfinite(logits.gather(1, target[:, None])).squeeze(1)

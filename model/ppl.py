@@ -33,7 +33,7 @@ class PPL(nn.Module):
         uses_bank = ppl_cfg.labeler in ("ppl_hard", "ppl_soft")
         self.momentum = MomentumEncoder(self.network, ppl_cfg.ema_decay if uses_bank else None)
         self.bank = PrototypeBank(network_cfg.num_classes, network_cfg.model_dim, ppl_cfg.prototypes_per_class,
-                                  ppl_cfg.bank_momentum, seed=seed)
+                                  ppl_cfg.bank_momentum, seed=seed, center=ppl_cfg.center_features)
 
     @property
     def uses_bank(self) -> bool:

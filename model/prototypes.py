@@ -55,7 +55,7 @@ class PrototypeBank(nn.Module):
     """Buffers: ``prototypes`` (M, C+1, K, d) unit norm; ``initialized`` (M, C+1, K) bool."""
 
     def __init__(self, num_classes: int, dim: int, prototypes_per_class: int = 1, momentum: float = 0.99,
-                 num_modalities: int = 2, seed: int = 0):
+                 num_modalities: int = 2, seed: int = 0, center: bool = False):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"bank_momentum: must be in [0, 1), got {momentum!r}")
@@ -65,6 +65,10 @@ class PrototypeBank(nn.Module):
         self.register_buffer("initialized", torch.zeros(shape, dtype=torch.bool))
         self.register_buffer("negatives", torch.zeros(num_modalities, num_classes, dim))
         self.register_buffer("negatives_initialized", torch.zeros(num_modalities, num_classes, dtype=torch.bool))
+        # running mean of all segment features per modality; similarities are taken after subtracting it
+        self.register_buffer("center", torch.zeros(num_modalities, dim))
+        self.register_buffer("center_initialized", torch.zeros(num_modalities, dtype=torch.bool))
+        self.centered = center
         self.momentum = momentum
         self.num_classes = num_classes
 
@@ -72,8 +76,15 @@ class PrototypeBank(nn.Module):
     def background(self) -> int:
         return self.num_classes
 
+    def embed(self, features: Tensor) -> Tensor:
+        """The space prototypes live in: (optionally centred) L2-normalised features. (B, T, M, d)."""
+        features = features.float()
+        if self.centered:
+            features = features - self.center
+        return F.normalize(features, dim=-1)
+
     def nearest(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Similarity to each class's nearest initialised prototype. features (B, T, M, d), unit norm.
+        """Similarity to each class's nearest initialised prototype. features (B, T, M, d) from ``embed``.
 
         Returns sim (B, T, M, C+1) (max over K) and idx (B, T, M, C+1); classes with no initialised
         prototype get -inf.
@@ -91,11 +102,12 @@ class PrototypeBank(nn.Module):
     def collect(self, features: Tensor, members: Tensor, negative_members: Tensor | None = None) -> Tensor:
         """Pack sums and counts per (m, c, k) — and per (m, c) for negatives — into one flat buffer.
 
-        features (B, T, M, d) momentum features (normalised here); members (B, T, M, C+1) bool;
+        features (B, T, M, d) raw momentum features (embedded here); members (B, T, M, C+1) bool;
         negative_members (B, T, M, C) bool or None. Each member is assigned to the nearest of its
         class's K prototypes (initialised or not).
         """
-        features = F.normalize(features.float(), dim=-1)
+        raw = features.float()
+        features = self.embed(raw)
         sim = torch.einsum("btmd,mckd->btmck", features, self.prototypes)
         assign = F.one_hot(sim.argmax(dim=-1), self.prototypes.shape[2]).to(features.dtype)  # (B,T,M,C+1,K)
         weights = assign * members.unsqueeze(-1).to(features.dtype)
@@ -108,7 +120,10 @@ class PrototypeBank(nn.Module):
             neg = negative_members.to(features.dtype)
             neg_sums = torch.einsum("btmc,btmd->mcd", neg, features)
             neg_counts = neg.sum(dim=(0, 1))
-        return torch.cat([sums.reshape(-1), counts.reshape(-1), neg_sums.reshape(-1), neg_counts.reshape(-1)])
+        center_sums = raw.sum(dim=(0, 1))                                      # (M, d)
+        center_counts = raw.new_full((raw.shape[2],), float(raw.shape[0] * raw.shape[1]))
+        return torch.cat([sums.reshape(-1), counts.reshape(-1), neg_sums.reshape(-1), neg_counts.reshape(-1),
+                          center_sums.reshape(-1), center_counts])
 
     def _blend(self, current: Tensor, initialized: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
         """normalise(beta*mu + (1-beta)*sum/count) where count > 0; a slot's first update sets it."""
@@ -126,15 +141,19 @@ class PrototypeBank(nn.Module):
         dtype = self.prototypes.dtype
         parts, start = [], 0
         for shape in (self.prototypes.shape, self.initialized.shape, self.negatives.shape,
-                      self.negatives_initialized.shape):
+                      self.negatives_initialized.shape, self.center.shape, self.center_initialized.shape):
             n = int(torch.Size(shape).numel())
             parts.append(buffer[start:start + n].view(shape).to(dtype))
             start += n
-        sums, counts, neg_sums, neg_counts = parts
+        sums, counts, neg_sums, neg_counts, center_sums, center_counts = parts
         self.prototypes.copy_(self._blend(self.prototypes, self.initialized, sums, counts))
         self.initialized |= counts > 0
         self.negatives.copy_(self._blend(self.negatives, self.negatives_initialized, neg_sums, neg_counts))
         self.negatives_initialized |= neg_counts > 0
+        center_mean = center_sums / center_counts.clamp_min(1.0).unsqueeze(-1)
+        blended = self.momentum * self.center + (1.0 - self.momentum) * center_mean
+        self.center.copy_(torch.where(self.center_initialized.unsqueeze(-1), blended, center_mean))
+        self.center_initialized |= center_counts > 0
         return counts
 
     @torch.no_grad()

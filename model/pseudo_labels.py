@@ -25,7 +25,7 @@ class PseudoLabels:
 
 def prototype_scores(features: Tensor, bank: PrototypeBank, weak_labels: Tensor) -> tuple[Tensor, Tensor]:
     """s_c = max_k <f_bar, mu_{m,c,k}> over labelled classes + background. (B, T, M, C+1), usable mask."""
-    sim, _ = bank.nearest(F.normalize(features.float(), dim=-1))
+    sim, _ = bank.nearest(bank.embed(features))
     labelled = torch.cat([weak_labels.bool(), torch.ones_like(weak_labels[:, :1], dtype=torch.bool)], dim=-1)
     usable = labelled[:, None, None, :] & torch.isfinite(sim)
     return sim, usable
@@ -55,7 +55,7 @@ def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: 
     else:
         class_logits = logits[..., :num_classes]
         if cfg.background == "negatives":   # each class against its own negative prototype
-            negative = bank.negative_similarity(F.normalize(features.float(), dim=-1)) / cfg.tau
+            negative = bank.negative_similarity(bank.embed(features)) / cfg.tau
         else:                               # each class against the modality's background prototype
             negative = logits[..., num_classes:].expand_as(class_logits)
         class_usable = class_usable & torch.isfinite(negative)

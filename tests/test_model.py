@@ -144,7 +144,7 @@ def test_bank_from_two_halves_summed_by_the_reducer_equals_the_whole_batch():
     cfg = PPLConfig(key_min_prob=0.3, background_max_prob=0.3, background_top_k=2)
     features, prob, w = random_step(batch=8)
     members = select_key_segments(prob, w, cfg)
-    whole, split = (PrototypeBank(C, 32, prototypes_per_class=2, momentum=0.9) for _ in range(2))
+    whole, split = (PrototypeBank(C, 32, prototypes_per_class=2, momentum=0.9, center=True) for _ in range(2))
     negatives = (~w.bool())[:, None, None, :].expand_as(prob)
     for step in range(3):
         f, m, n = (x.roll(step, dims=0) for x in (features, members, negatives))
@@ -153,6 +153,7 @@ def test_bank_from_two_halves_summed_by_the_reducer_equals_the_whole_batch():
         split.update(f[:4], m[:4], reducer=lambda buf: buf + other, negative_members=n[:4])
         assert torch.allclose(whole.prototypes, split.prototypes, atol=1e-6)
         assert torch.allclose(whole.negatives, split.negatives, atol=1e-6)
+        assert torch.allclose(whole.center, split.center, atol=1e-6)
         assert torch.equal(whole.initialized, split.initialized)
 
 
@@ -183,6 +184,8 @@ def test_first_update_sets_a_prototype_then_blends():
 def initialised_bank(seed=0):
     bank = PrototypeBank(C, 32, prototypes_per_class=2, momentum=0.9, seed=seed)
     bank.initialized.fill_(True)
+    bank.negatives.copy_(F.normalize(torch.randn(2, C, 32, generator=torch.Generator().manual_seed(seed + 1)), dim=-1))
+    bank.negatives_initialized.fill_(True)
     return bank
 
 
@@ -190,7 +193,10 @@ def initialised_bank(seed=0):
 @pytest.mark.parametrize("hard", [False, True])
 def test_pseudo_labels_are_zero_outside_the_weak_label(competition, hard):
     features, _, w = random_step()
-    labels = prototype_pseudo_labels(features, initialised_bank(), w, PPLConfig(competition=competition), hard)
+    background = "low_confidence" if competition == "across_classes" else "negatives"
+    cfg = PPLConfig(competition=competition, background=background)
+    cfg.validate()
+    labels = prototype_pseudo_labels(features, initialised_bank(), w, cfg, hard)
     outside = ~w.bool()[:, None, None, :].expand_as(labels.targets)
     assert (labels.targets[outside] == 0).all()
     assert (labels.weights[outside] == 1).all()   # known negatives carry loss
@@ -200,28 +206,33 @@ def test_pseudo_labels_are_zero_outside_the_weak_label(competition, hard):
 def test_soft_labels_with_background_sum_to_one_across_classes():
     features, _, w = random_step()
     bank = initialised_bank()
-    labels = prototype_pseudo_labels(features, bank, w, PPLConfig(competition="across_classes", tau=0.1), hard=False)
+    labels = prototype_pseudo_labels(features, bank, w, PPLConfig(competition="across_classes", background="low_confidence", tau=0.1), hard=False)
     from model.pseudo_labels import prototype_scores
     sim, usable = prototype_scores(features, bank, w)
     q_bg = torch.softmax((sim / 0.1).masked_fill(~usable, float("-inf")), -1)[..., C]
     assert torch.allclose(labels.targets.sum(-1) + q_bg, torch.ones_like(q_bg), atol=1e-5)
 
 
-@pytest.mark.parametrize("competition", ["across_classes", "per_class"])
-def test_small_tau_soft_labels_approach_hard_labels(competition):
+@pytest.mark.parametrize("competition, background", [("across_classes", "low_confidence"),
+                                                     ("per_class", "low_confidence"), ("per_class", "negatives")])
+def test_small_tau_soft_labels_approach_hard_labels(competition, background):
     features, _, w = random_step()
     bank = initialised_bank()
-    hard = prototype_pseudo_labels(features, bank, w, PPLConfig(competition=competition), hard=True)
+    hard = prototype_pseudo_labels(features, bank, w, PPLConfig(competition=competition, background=background),
+                                   hard=True)
     from model.pseudo_labels import prototype_scores
     sim, usable = prototype_scores(features, bank, w)
-    if competition == "per_class":
+    if background == "negatives":
+        margin = (sim[..., :C] - bank.negative_similarity(bank.embed(features))).abs()
+    elif competition == "per_class":
         margin = (sim[..., :C] - sim[..., C:]).abs()
     else:
         top2 = sim.masked_fill(~usable, float("-inf")).topk(2, dim=-1).values
         margin = (top2[..., 0] - top2[..., 1]).unsqueeze(-1).expand(-1, -1, -1, C)
     previous = None
     for tau in (1e-1, 1e-2, 1e-3, 1e-5):
-        soft = prototype_pseudo_labels(features, bank, w, PPLConfig(competition=competition, tau=tau), hard=False)
+        soft = prototype_pseudo_labels(features, bank, w, PPLConfig(competition=competition, background=background,
+                                                                    tau=tau), hard=False)
         gap = (soft.targets - hard.targets).abs()
         assert previous is None or gap.sum() < previous
         previous = gap.sum()
@@ -301,3 +312,13 @@ def test_negatives_mode_scores_each_class_against_its_own_negative():
     assert torch.allclose(labels.targets, expected, atol=1e-5)
     with pytest.raises(ValueError, match="ppl.background"):
         PPLConfig(background="negatives", competition="across_classes").validate()
+
+
+def test_centred_bank_tracks_the_feature_mean_and_compares_after_subtracting_it():
+    features, prob, w = random_step()
+    bank = PrototypeBank(C, 32, momentum=0.5, center=True)
+    bank.update(features, select_key_segments(prob, w, PPLConfig(key_min_prob=0.0)))
+    assert torch.allclose(bank.center, features.mean(dim=(0, 1)), atol=1e-5)      # first update sets it
+    bank.update(features + 1.0, select_key_segments(prob, w, PPLConfig(key_min_prob=0.0)))
+    assert torch.allclose(bank.center, features.mean(dim=(0, 1)) + 0.5, atol=1e-5)
+    assert torch.allclose(bank.embed(features), F.normalize(features - bank.center, dim=-1))
