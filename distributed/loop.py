@@ -6,7 +6,7 @@ evaluate on val; report (+checkpoint); then score test with the best weights.
 from __future__ import annotations
 
 import json
-import math
+import logging
 import os
 import sys
 import tempfile
@@ -50,6 +50,14 @@ def worker_context(in_ray: bool, cfg: RunConfig) -> WorkerContext:
         return WorkerContext(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), True)
     device = torch.device("cuda" if cfg.distributed.use_gpu and torch.cuda.is_available() else "cpu")
     return WorkerContext(0, 1, device, False)
+
+
+def emit(line: str) -> None:
+    """A progress line on the process's real stdout (Ray Train patches print() into its logger, which
+    both duplicates lines and drops them when the log level is raised)."""
+    stream = sys.__stdout__ or sys.stdout
+    stream.write(line + "\n")
+    stream.flush()
 
 
 def all_reduce_sum(buffer: torch.Tensor) -> torch.Tensor:
@@ -168,6 +176,8 @@ def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
     """``on_epoch(metrics)``: called on rank 0 after each epoch (in-process runs, e.g. Tune trials)."""
     cfg = config_from_dict(loop_config["config"])
     ctx = worker_context(bool(loop_config.get("in_ray")), cfg)
+    if ctx.in_ray:   # our epoch line says it; Ray Train's per-report INFO dumps (root logger) would bury it
+        logging.getLogger().setLevel(logging.WARNING)
     seed_everything(cfg)
     data = build_data(cfg, ctx)
     method = PPL(cfg.model, cfg.ppl, seed=cfg.seed).to(ctx.device)
@@ -215,7 +225,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
                            {"epoch": epoch + 1, "val": val})
         state["history"].append(metrics)
         if ctx.rank == 0:
-            print(_epoch_line(cfg, metrics), flush=True)
+            emit(_epoch_line(cfg, metrics))
             if logger:
                 logger.metrics(metrics, step=epoch + 1)
             if on_epoch is not None:
@@ -328,8 +338,8 @@ def _resume(cfg: RunConfig, ctx: WorkerContext, engine, method: PPL) -> dict:
 
 def _note_resume(ctx: WorkerContext, progress: dict) -> None:
     if ctx.rank == 0:
-        print(f"resuming from epoch {progress['epoch']} step {progress['step']} "
-              f"(global step {progress['global_step']})", flush=True)
+        emit(f"resuming from epoch {progress['epoch']} step {progress['step']} "
+             f"(global step {progress['global_step']})")
 
 
 def _finish(cfg: RunConfig, ctx: WorkerContext, engine, method: PPL, data, state: dict, logger) -> None:

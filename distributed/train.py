@@ -37,7 +37,8 @@ def init_ray(cfg: RunConfig) -> None:
     if address:
         ray.init(address=address)
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
+        # the dashboard (on loopback) also serves the state API that Ray Train's controller polls
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
                  num_cpus=max(os.cpu_count() or 1, int(cfg.world_size * cfg.distributed.cpus_per_worker) + 1))
 
 
