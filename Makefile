@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/bench_train_step.py
 	$(BIN)/python bench/bench_eval.py
 	$(BIN)/python bench/bench_loader.py
+	$(BIN)/python bench/bench_distributed.py
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache

@@ -66,6 +66,19 @@ def all_reduce_sum(buffer: torch.Tensor) -> torch.Tensor:
     return buffer
 
 
+class TimedReducer:
+    """The bank reducer, timed: how much of a step the per-step all-reduce costs."""
+
+    def __init__(self, reduce):
+        self.reduce, self.seconds = reduce, 0.0
+
+    def __call__(self, buffer: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        out = self.reduce(buffer)
+        self.seconds += time.perf_counter() - started
+        return out
+
+
 def seed_everything(cfg: RunConfig) -> None:
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -182,7 +195,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
     data = build_data(cfg, ctx)
     method = PPL(cfg.model, cfg.ppl, seed=cfg.seed).to(ctx.device)
     engine = build_engine(cfg, method.network, ctx.device)
-    reducer = all_reduce_sum if ctx.world_size > 1 else identity_reducer
+    reducer = TimedReducer(all_reduce_sum if ctx.world_size > 1 else identity_reducer)
     logger = RunLogger(cfg, loop_config.get("mlflow_run_id")) if ctx.rank == 0 else None
     output_dir = Path(cfg.output_dir)
     state = {"epoch": 0, "step": 0, "global_step": 0, "best_score": -1.0, "best_epoch": -1, "history": []}
@@ -193,6 +206,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
         engine.set_lr(learning_rate(cfg, epoch))
         method.network.train()
         progress, started = Progress(), time.perf_counter()
+        reducer.seconds = 0.0
         for batch in data.train(epoch, skip_batches=state["step"]):
             stats = train_step(cfg, method, engine, to_device(batch, ctx.device), epoch, reducer)
             progress.add(*stats)
@@ -209,6 +223,8 @@ def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
         elapsed = time.perf_counter() - started
         metrics = progress.summary(ctx.world_size)
         metrics["videos_per_s"] = progress.steps * cfg.data.batch_size * ctx.world_size / max(elapsed, 1e-9)
+        metrics["step_ms"] = 1000 * elapsed / max(progress.steps, 1)
+        metrics["bank_allreduce_share"] = 100 * reducer.seconds / max(elapsed, 1e-9)   # % of train time
         metrics["lr"] = learning_rate(cfg, epoch)
         if hasattr(data, "skipped"):
             metrics["skipped_bad_samples"] = _sum_over_ranks(data.skipped, ctx.world_size)

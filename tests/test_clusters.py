@@ -398,7 +398,7 @@ def test_submit_reads_the_shard_manifest_when_it_is_reachable(tiny_shards, capsy
     (["clusters/recipes/llp_8gpu.yaml", "distributed.precision=fp32"], "sets bf16.enabled=True but distributed.precision=fp32"),
     (["clusters/recipes/llp_8gpu.yaml", "data.batchsize=8"], "unknown config key 'data.batchsize' (did you mean 'data.batch_size'?)"),
     (["clusters/recipes/llp_8gpu.yaml", "not-an-override"], "override 'not-an-override': expected key=value"),
-    (["clusters/recipes/sweep_tau_ema.yaml", "distributed.use_gpu=false"], "bf16/fp16 need GPUs"),
+    (["clusters/recipes/llp_8gpu.yaml", "distributed.zero_stage=3"], "distributed.zero_stage: must be 0, 1 or 2"),
     (["clusters/recipes/missing.yaml"], "recipe file not found"),
     (["/etc/hostname"], "not inside the working_dir"),
     (["clusters/recipes/llp_8gpu.yaml", "--env", "BAD"], "--env 'BAD': expected KEY=VALUE"),
