@@ -55,5 +55,5 @@ class PPL(nn.Module):
         members = select_key_segments(momentum.frame_prob, weak_labels, self.cfg)
         negatives = None
         if self.cfg.background == "negatives":   # every segment of a video without class c
-            negatives = (~weak_labels.bool())[:, None, None, :].expand_as(momentum.frame_prob)
+            negatives = ~weak_labels.bool()                                          # (B, C)
         return self.bank.update(momentum.features, members, reducer, negatives)

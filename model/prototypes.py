@@ -103,7 +103,7 @@ class PrototypeBank(nn.Module):
         """Pack sums and counts per (m, c, k) — and per (m, c) for negatives — into one flat buffer.
 
         features (B, T, M, d) raw momentum features (embedded here); members (B, T, M, C+1) bool;
-        negative_members (B, T, M, C) bool or None. Each member is assigned to the nearest of its
+        negative_members (B, T, M, C) bool, or (B, C) for whole videos (T times cheaper), or None. Each member is assigned to the nearest of its
         class's K prototypes (initialised or not).
         """
         raw = features.float()
@@ -116,6 +116,10 @@ class PrototypeBank(nn.Module):
         if negative_members is None:
             neg_sums = features.new_zeros(self.negatives.shape)
             neg_counts = features.new_zeros(self.negatives_initialized.shape)
+        elif negative_members.dim() == 2:   # (B, C): every segment and modality of video b is a negative of c
+            neg = negative_members.to(features.dtype)
+            neg_sums = torch.einsum("bc,bmd->mcd", neg, features.sum(dim=1))
+            neg_counts = (neg.sum(dim=0) * features.shape[1]).expand(features.shape[2], -1)
         else:
             neg = negative_members.to(features.dtype)
             neg_sums = torch.einsum("btmc,btmd->mcd", neg, features)

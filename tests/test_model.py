@@ -295,6 +295,9 @@ def test_negative_prototype_is_the_mean_of_segments_from_videos_without_the_clas
     unit = F.normalize(features, dim=-1)
     expected = F.normalize(unit[3:].sum(dim=(0, 1)), dim=-1)          # (M, d): videos 3..5 lack class 7
     assert torch.allclose(bank.negatives[:, 7], expected, atol=1e-5)
+    per_video = PrototypeBank(C, 32)                                   # the (B, C) shortcut gives the same
+    per_video.update(features, torch.zeros(6, T, 2, C + 1, dtype=torch.bool), negative_members=~w.bool())
+    assert torch.allclose(per_video.negatives, bank.negatives, atol=1e-5)
     assert bank.negatives_initialized[:, 7].all() and not bank.initialized.any()
 
 
