@@ -5,6 +5,7 @@ ConfigError naming the dotted key; the resolved config is logged whole (``to_dic
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -223,13 +224,14 @@ def parse_overrides(overrides: list[str] | None) -> dict:
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_trees(base: dict, extra: dict) -> dict:
+    """Nested dicts: ``extra`` wins key by key; neither input is modified."""
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_trees(out[key], value)
         else:
-            out[key] = value
+            out[key] = copy.deepcopy(value)
     return out
 
 
@@ -258,7 +260,7 @@ def config_from_dict(tree: dict) -> RunConfig:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """YAML file (or a built-in preset name such as ``ppl`` or ``base``) + overrides -> validated RunConfig."""
     tree = read_yaml(path) if path else {}
-    return config_from_dict(_merge(tree, parse_overrides(overrides)))
+    return config_from_dict(merge_trees(tree, parse_overrides(overrides)))
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

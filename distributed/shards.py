@@ -58,6 +58,7 @@ import webdataset as wds
 from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from distributed.errors import ConfigError, DataError, UserError
+from distributed.fsutil import swap_in
 
 __all__ = [
     "MANIFEST_NAME", "KEYS_NAME", "write_shards", "write_shards_from_arrays", "verify_shards",
@@ -235,20 +236,6 @@ def _prepare_out(out: Path, overwrite: bool) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _commit(tmp: Path, out: Path) -> None:
-    """Move the finished tmp dir into place; the old content is removed only after the swap."""
-    trash = None
-    if out.exists():
-        if any(out.iterdir()):
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, trash)
-        else:
-            out.rmdir()
-    os.rename(tmp, out)
-    if trash is not None:
-        shutil.rmtree(trash, ignore_errors=True)
-
-
 def _write_split(out: str | os.PathLike, split: str, ids: Sequence[str], filenames: Sequence[str],
                  weak_labels: np.ndarray, dense_audio: np.ndarray | None,
                  dense_visual: np.ndarray | None, loader: Callable[[int, str], dict],
@@ -345,7 +332,7 @@ def _write_split(out: str | os.PathLike, split: str, ids: Sequence[str], filenam
             "writer": {"webdataset": getattr(wds, "__version__", "unknown"), "numpy": np.__version__},
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-        _commit(tmp, out)
+        swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -99,6 +99,7 @@ import numpy as np
 
 from distributed.cli import run_command
 from distributed.errors import ConfigError, DataError, UserError
+from distributed.fsutil import swap_in
 from distributed.features import FeatureSpec, feature_path
 from distributed.llp import (DENSE_AUDIO_FILE, DENSE_VISUAL_FILE, FEATURE_DIRS, LLP_CLASSES,
                              SPLIT_FILES, TRAIN_DENSE_AUDIO_FILE, TRAIN_DENSE_VISUAL_FILE, load_split,
@@ -859,18 +860,7 @@ def _check_target(out: Path, overwrite: bool) -> None:
 
 def _commit(tmp: Path, out: Path, overwrite: bool) -> None:
     _check_target(out, overwrite)
-    old = None
-    if out.is_dir():
-        if any(out.iterdir()):
-            old = out.parent / f".{out.name}.synth-old-{os.getpid()}"
-            if old.exists():
-                shutil.rmtree(old)
-            os.rename(out, old)
-        else:
-            out.rmdir()
-    os.rename(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    swap_in(tmp, out)
 
 
 def _resolve_count(name: str, value, annotations: bool) -> int | None:

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from distributed.config import config_from_dict, parse_overrides, read_yaml
+from distributed.config import config_from_dict, merge_trees, parse_overrides, read_yaml
 from distributed.errors import ConfigError, UserError
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
@@ -95,16 +95,6 @@ def get_dotted(tree: dict, dotted: str, default: Any = None) -> Any:
             return default
         node = node[part]
     return node
-
-
-def merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -444,7 +434,7 @@ def load_sweep(path: str | os.PathLike, cli_overrides: list[str] | None = None, 
         raise ConfigError(f"{path}: base: {err}") from None
     file_items, file_tree = _overrides(path, raw.get("overrides"), _where(path, "overrides"))
     cli_items, cli_tree = _overrides(path, list(cli_overrides or []), "command-line overrides")
-    base_tree = _absolute_paths(merge(merge(base_file_tree, file_tree), cli_tree))
+    base_tree = _absolute_paths(merge_trees(merge_trees(base_file_tree, file_tree), cli_tree))
     try:
         base_cfg = config_from_dict(copy.deepcopy(base_tree))
     except ConfigError as err:
