@@ -199,13 +199,14 @@ def _build(cls, tree: dict, prefix: str):
     return cls(**kwargs)
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    """tree['a']['b'] = value for 'a.b', creating sections; a non-section on the way is a ConfigError."""
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {dotted}: '{part}' is not a section")
+            raise ConfigError(f"{dotted}: '{part}' is not a config section")
         node = child
     node[parts[-1]] = value
 
@@ -220,7 +221,7 @@ def parse_overrides(overrides: list[str] | None) -> dict:
             value = yaml.safe_load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
-        _set_dotted(tree, key.strip(), value)
+        set_dotted(tree, key.strip(), value)
     return tree
 
 

@@ -986,36 +986,24 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(message)
 
 
-def _count(text: str) -> int | str:
-    if text.strip().lower() == "all":
-        return "all"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of videos >= 0 or 'all', got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number of videos >= 0 or 'all', got {value}")
-    return value
+def _int_at_least(low: int, what: str, allow_all: bool = False):
+    """argparse type: an integer >= low (or 'all' where allowed), with a message naming what it counts."""
+    def parse(text: str) -> int | str:
+        if allow_all and text.strip().lower() == "all":
+            return "all"
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+    return parse
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+_count = _int_at_least(0, "a number of videos >= 0 or 'all'", allow_all=True)
+_positive_int = _int_at_least(1, "a positive integer")
+_seed = _int_at_least(0, "an integer >= 0")
 
 
 def build_parser(prog: str = "ppl-avvp synth") -> argparse.ArgumentParser:

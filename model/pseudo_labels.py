@@ -25,7 +25,11 @@ class PseudoLabels:
 
 def prototype_scores(features: Tensor, bank: PrototypeBank, weak_labels: Tensor) -> tuple[Tensor, Tensor]:
     """s_c = max_k <f_bar, mu_{m,c,k}> over labelled classes + background. (B, T, M, C+1), usable mask."""
-    sim, _ = bank.nearest(bank.embed(features))
+    return _scores(bank.embed(features), bank, weak_labels)
+
+
+def _scores(embedded: Tensor, bank: PrototypeBank, weak_labels: Tensor) -> tuple[Tensor, Tensor]:
+    sim, _ = bank.nearest(embedded)
     labelled = torch.cat([weak_labels.bool(), torch.ones_like(weak_labels[:, :1], dtype=torch.bool)], dim=-1)
     usable = labelled[:, None, None, :] & torch.isfinite(sim)
     return sim, usable
@@ -40,7 +44,8 @@ def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: 
     so co-occurring events do not compete for the same segment.
     """
     num_classes = weak_labels.shape[-1]
-    sim, usable = prototype_scores(features, bank, weak_labels)
+    embedded = bank.embed(features)   # once per step: centring + normalising (B, T, M, d)
+    sim, usable = _scores(embedded, bank, weak_labels)
     logits = (sim / cfg.tau).masked_fill(~usable, float("-inf"))
     class_usable = usable[..., :num_classes]
     if cfg.competition == "across_classes":
@@ -55,7 +60,7 @@ def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: 
     else:
         class_logits = logits[..., :num_classes]
         if cfg.background == "negatives":   # each class against its own negative prototype
-            negative = bank.negative_similarity(bank.embed(features)) / cfg.tau
+            negative = bank.negative_similarity(embedded) / cfg.tau
         else:                               # each class against the modality's background prototype
             negative = logits[..., num_classes:].expand_as(class_logits)
         class_usable = class_usable & torch.isfinite(negative)

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from distributed.config import config_from_dict, merge_trees, parse_overrides, read_yaml
+from distributed.config import config_from_dict, merge_trees, parse_overrides, read_yaml, set_dotted
 from distributed.errors import ConfigError, UserError
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
@@ -76,17 +76,6 @@ _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}|\$([A-Za-z_][A-Za
 # ---------------------------------------------------------------------------------------------
 # small tree helpers (dotted keys)
 # ---------------------------------------------------------------------------------------------
-
-def set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    node = tree
-    parts = dotted.split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{dotted}: '{part}' is not a config section")
-        node = child
-    node[parts[-1]] = value
-
 
 def get_dotted(tree: dict, dotted: str, default: Any = None) -> Any:
     node: Any = tree
