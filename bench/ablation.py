@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from distributed.config import load_config  # noqa: E402
+from distributed.common.config import load_config  # noqa: E402
 from distributed.train import train  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {

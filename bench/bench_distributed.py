@@ -15,9 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
-from distributed.config import load_config  # noqa: E402
-from distributed.shards import write_shards  # noqa: E402
-from distributed.synth import generate  # noqa: E402
+from distributed.common.config import load_config  # noqa: E402
+from distributed.data.shards import write_shards  # noqa: E402
+from distributed.data.synth import generate  # noqa: E402
 from distributed.train import train  # noqa: E402
 
 

@@ -29,8 +29,8 @@ if str(ROOT) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from distributed.llp import LLP_CLASSES  # noqa: E402
-from distributed.shards import (  # noqa: E402
+from distributed.data.llp import LLP_CLASSES  # noqa: E402
+from distributed.data.shards import (  # noqa: E402
     make_eval_loader, make_train_loader, write_shards_from_arrays,
 )
 

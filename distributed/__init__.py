@@ -1,1 +1,2 @@
-"""Data, training loop, Ray Train/DeepSpeed plumbing and the `ppl-avvp` commands."""
+"""The training system around ``model/``: data sets (``data/``), the training runtime (``runtime/``),
+shared helpers (``common/``) and one thin module per ``ppl-avvp`` command at this level."""

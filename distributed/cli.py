@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
-from distributed.errors import UserError
+from distributed.common.commandline import run_command
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("distributed.synth", "write a synthetic LLP-layout dataset (annotations + features)"),
@@ -21,22 +21,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": ("tune.compare", "compare MLflow runs as a paper-style table"),
     "submit": ("tune.submit", "submit a cluster recipe with `ray job submit`"),
 }
-
-
-def run_command(main_fn: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None,
-                prog: str = "ppl-avvp") -> int:
-    """Run a command's main; bad user input becomes one line on stderr and exit code 2."""
-    try:
-        return int(main_fn(argv) or 0)
-    except UserError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as err:
-        print(f"{prog}: error: file not found: {err.filename or err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
 
 
 def _usage() -> str:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from distributed.cli import run_command
+from distributed.common.commandline import run_command
 
 # The demo's runs are a few hundred optimizer steps: an EMA teacher with decay 0.999 would barely move
 # from its initial weights, so PPL reads the online model's own detached features (seed Table 4 "W/out").
@@ -37,17 +37,17 @@ def main(argv=None) -> int:
     shards = out / "shards"
     started = time.perf_counter()
     if not (data / "synth.json").exists():
-        from distributed.synth import generate
+        from distributed.data.synth import generate
         print(f"[1/3] synthesising {args.train}/{args.val}/{args.test} LLP-layout videos into {data}", flush=True)
         generate(data, n_train=args.train, n_val=args.val, n_test=args.test, seed=args.seed, overwrite=True)
     if not (shards / "test" / "manifest.json").exists():
-        from distributed.shards import write_shards
+        from distributed.data.shards import write_shards
         print(f"[2/3] writing WebDataset shards into {shards}", flush=True)
         per_shard = max(8, args.train // (4 * args.workers))
         for split in ("train", "val", "test"):
             write_shards(data / "features", data / "annotations", split, shards / split,
                          videos_per_shard=per_shard, overwrite=True)
-    from distributed.config import load_config
+    from distributed.common.config import load_config
     from distributed.evaluate import format_table
     from distributed.train import train
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from distributed.cli import run_command
-from distributed.errors import ConfigError, DataError
-from distributed.llp import LLP_NUM_SEGMENTS, LLPSplit, load_split, split_index
+from distributed.common.commandline import run_command
+from distributed.common.errors import ConfigError, DataError
+from distributed.data.llp import LLP_NUM_SEGMENTS, LLPSplit, load_split, split_index
 from model.metrics import SCORE_KEYS, llp_scores
 
 _COLUMNS = ("Audio", "Visual", "Audio-Visual", "Type@AV", "Event@AV")

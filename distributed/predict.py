@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distributed.checkpoint import load_model
-from distributed.cli import run_command
-from distributed.errors import ConfigError, DataError
-from distributed.features import FeatureSpec, load_features
-from distributed.llp import LLP_CLASSES, load_split
+from distributed.runtime.checkpoint import load_model
+from distributed.common.commandline import run_command
+from distributed.common.errors import ConfigError, DataError
+from distributed.data.features import FeatureSpec, load_features
+from distributed.data.llp import LLP_CLASSES, load_split
 from model.config import NetworkConfig
 from model.metrics import binarize_predictions, extract_events
 from model.network import AudioVisualParser

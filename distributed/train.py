@@ -13,9 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from distributed.cli import run_command
-from distributed.config import RunConfig, load_config, save_config
-from distributed.loop import RESULTS_FILE, train_loop_per_worker
+from distributed.common.commandline import run_command
+from distributed.common.config import RunConfig, load_config, save_config
+from distributed.runtime.loop import RESULTS_FILE, train_loop_per_worker
 
 
 def parse_args(argv):
@@ -73,7 +73,7 @@ def train(cfg: RunConfig, mlflow: bool = True, *, on_epoch=None, callbacks: list
     save_config(cfg, output_dir / "config.yaml")
     run_id = None
     if mlflow and cfg.tracking.mlflow:
-        from distributed.tracking import create_run, tracking_uri
+        from distributed.runtime.tracking import create_run, tracking_uri
         run_id = create_run(cfg)
         print(f"MLflow run {run_id} at {tracking_uri(cfg)}", flush=True)
     loop_config = {"config": cfg.to_dict(), "mlflow_run_id": run_id}

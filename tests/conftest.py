@@ -15,7 +15,7 @@ TINY_MODEL = ["model.model_dim=64", "model.audio_hidden=32", "model.visual_hidde
 @pytest.fixture(scope="session")
 def tiny_llp(tmp_path_factory) -> Path:
     """96 train / 24 val / 24 test synthetic videos in the LLP layout (annotations/ + features/)."""
-    from distributed.synth import generate
+    from distributed.data.synth import generate
 
     out = tmp_path_factory.mktemp("tiny_llp") / "data"
     generate(out, n_train=96, n_val=24, n_test=24, seed=0)
@@ -24,7 +24,7 @@ def tiny_llp(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_llp, tmp_path_factory) -> Path:
-    from distributed.shards import write_shards
+    from distributed.data.shards import write_shards
 
     out = tmp_path_factory.mktemp("tiny_shards")
     for split in ("train", "val", "test"):

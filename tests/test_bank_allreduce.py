@@ -7,8 +7,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from distributed.engine import free_port
-from distributed.loop import all_reduce_sum
+from distributed.runtime.engine import free_port
+from distributed.runtime.loop import all_reduce_sum
 from model.config import PPLConfig
 from model.prototypes import PrototypeBank, select_key_segments
 

@@ -35,8 +35,8 @@ import yaml
 
 from conftest import TINY_MODEL
 from distributed.cli import run_command
-from distributed.config import load_config
-from distributed.engine import deepspeed_config
+from distributed.common.config import load_config
+from distributed.runtime.engine import deepspeed_config
 from tune import submit
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 
 from distributed import cli
 from distributed import evaluate as evaluate_mod
-from distributed.llp import DENSE_AUDIO_FILE, DENSE_VISUAL_FILE, LLP_CLASSES, SPLIT_FILES, load_split
+from distributed.data.llp import DENSE_AUDIO_FILE, DENSE_VISUAL_FILE, LLP_CLASSES, SPLIT_FILES, load_split
 from model.metrics import SCORE_KEYS
 from oracle_metrics import oracle_llp_scores
 

@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributed.errors import ConfigError, DataError
-from distributed.features import FEATURE_KEYS, FeatureSpec, feature_path, load_features, read_video_features
-from distributed.llp import FEATURE_DIRS
+from distributed.common.errors import ConfigError, DataError
+from distributed.data.features import FEATURE_KEYS, FeatureSpec, feature_path, load_features, read_video_features
+from distributed.data.llp import FEATURE_DIRS
 
 SPEC = FeatureSpec()
 IDS = ["-abcDEF_123", "BjCEufrlXm4", "x_y-z012345"]

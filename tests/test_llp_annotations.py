@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributed.errors import ConfigError, DataError
-from distributed.llp import (DENSE_AUDIO_FILE, DENSE_VISUAL_FILE, LLP_CLASSES, SPLIT_FILES, LLPSplit,
+from distributed.common.errors import ConfigError, DataError
+from distributed.data.llp import (DENSE_AUDIO_FILE, DENSE_VISUAL_FILE, LLP_CLASSES, SPLIT_FILES, LLPSplit,
                              load_split, split_index)
 
 ENV = "PPL_AVVP_LLP_DIR"

@@ -7,7 +7,7 @@ bank or the labelers that brings back confirmation bias fails here.
 import numpy as np
 import pytest
 
-from distributed.config import load_config
+from distributed.common.config import load_config
 from distributed.train import train
 
 pytestmark = pytest.mark.slow
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from distributed.synth import generate
+    from distributed.data.synth import generate
 
     out = tmp_path_factory.mktemp("ppl_vs_base") / "data"
     generate(out, n_train=800, n_val=150, n_test=150, seed=0)

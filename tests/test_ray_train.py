@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import TINY_MODEL
-from distributed.config import load_config
+from distributed.common.config import load_config
 from distributed.train import fit_with_ray, train
 
 pytestmark = pytest.mark.ray
@@ -59,7 +59,7 @@ def test_killed_worker_resumes_to_the_same_weights_and_bank(uninterrupted, tiny_
     cfg_a, _, uri, root = uninterrupted
     marker = root / "killed.txt"
     cfg_b = two_worker_config(tiny_shards, root / "b", uri, "name=resumed", "distributed.max_failures=1")
-    from distributed.tracking import create_run
+    from distributed.runtime.tracking import create_run
     run_id = create_run(cfg_b)
     # rank 1 exits at global step 5 (mid-epoch 1; the last checkpoint is at step 4)
     fit_with_ray(cfg_b, {"config": cfg_b.to_dict(), "mlflow_run_id": run_id,

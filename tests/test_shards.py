@@ -19,13 +19,14 @@ import pytest
 import webdataset as wds
 
 from distributed.cli import run_command
-from distributed.errors import DataError, UserError
-from distributed.features import FeatureSpec, read_video_features
-from distributed.llp import LLP_CLASSES, load_split
-from distributed.shards import (
-    check_key, eval_assignment, load_manifest, main, make_eval_loader, make_train_loader,
+from distributed.common.errors import DataError, UserError
+from distributed.data.features import FeatureSpec, read_video_features
+from distributed.data.llp import LLP_CLASSES, load_split
+from distributed.data.shards import (
+    check_key, eval_assignment, load_manifest, make_eval_loader, make_train_loader,
     max_eval_batches, train_batches_per_epoch, verify_shards, write_shards,
 )
+from distributed.shards import main
 
 SPEC = FeatureSpec(num_segments=10, frames_per_segment=2, audio_dim=8, visual_2d_dim=16, visual_3d_dim=4)
 F16_RTOL, F16_ATOL = 2.0 ** -11, 2.0 ** -24

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distributed import cli, synth
-from distributed.errors import UserError
-from distributed.features import FEATURE_KEYS, FeatureSpec, feature_path, load_features, read_video_features
-from distributed.llp import (DENSE_AUDIO_FILE, DENSE_VISUAL_FILE, FEATURE_DIRS, LLP_CLASSES, SPLIT_FILES,
+from distributed import cli
+from distributed.data import synth
+from distributed.common.errors import UserError
+from distributed.data.features import FEATURE_KEYS, FeatureSpec, feature_path, load_features, read_video_features
+from distributed.data.llp import (DENSE_AUDIO_FILE, DENSE_VISUAL_FILE, FEATURE_DIRS, LLP_CLASSES, SPLIT_FILES,
                              TRAIN_DENSE_AUDIO_FILE, TRAIN_DENSE_VISUAL_FILE, load_split, video_id)
 
 LLP_DIR = os.environ.get("PPL_AVVP_LLP_DIR")

@@ -9,7 +9,7 @@ import torch
 
 from conftest import TINY_MODEL
 from distributed.cli import main as cli
-from distributed.config import load_config
+from distributed.common.config import load_config
 from distributed.train import train
 
 

@@ -25,7 +25,7 @@ SMALL = ["distributed.engine=torch", "optim.epochs=1", "data.batch_size=16", "da
 
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
-    from distributed.synth import generate
+    from distributed.data.synth import generate
 
     out = tmp_path_factory.mktemp("tune-data") / "llp"
     generate(out, n_train=120, n_val=30, n_test=30, seed=0)
@@ -125,7 +125,7 @@ def test_expansion_grid_choice_random(tmp_path, synth_data):
 
 
 def test_trial_config_carries_point_seed_and_tracking(tmp_path, synth_data):
-    from distributed.config import config_from_dict
+    from distributed.common.config import config_from_dict
 
     path = write_sweep(tmp_path / "s.yaml", synth_data, {"ppl.ema_decay": {"grid": [0.999, "none"]}},
                        experiment="exp-x", tracking_uri=f"sqlite:///{tmp_path}/m.db")

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distributed.cli import run_command
-from distributed.errors import UserError
+from distributed.common.commandline import run_command
+from distributed.common.errors import UserError
 from model.metrics import SCORE_KEYS
 
 STATE_FILE = "sweep_state.json"

@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from distributed.config import config_from_dict, merge_trees, parse_overrides, read_yaml, set_dotted
-from distributed.errors import ConfigError, UserError
+from distributed.common.config import config_from_dict, merge_trees, parse_overrides, read_yaml, set_dotted
+from distributed.common.errors import ConfigError, UserError
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
 TOP_LEVEL_KEYS = ("name", "base", "overrides", "space", "seeds", "metric", "mode", "scheduler", "search",

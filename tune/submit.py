@@ -37,9 +37,9 @@ from typing import Any
 
 import yaml
 
-from distributed.cli import run_command
-from distributed.config import RunConfig, load_config, read_yaml
-from distributed.errors import ConfigError, UserError
+from distributed.common.commandline import run_command
+from distributed.common.config import RunConfig, load_config, read_yaml
+from distributed.common.errors import ConfigError, UserError
 
 SETTINGS_FILE = "submit.yaml"
 SETTINGS_KEYS = {"entrypoint", "working_dir", "excludes", "env_vars", "forward_env", "train_shards",
@@ -162,7 +162,7 @@ def check_deepspeed(cfg: RunConfig, working_dir: Path) -> None:
     """The DeepSpeed JSON must exist in the shipped tree and agree with the config (ZeRO stage, bf16)."""
     if cfg.distributed.engine != "deepspeed":
         return
-    from distributed.engine import deepspeed_config
+    from distributed.runtime.engine import deepspeed_config
 
     probe = copy.deepcopy(cfg)
     if probe.distributed.deepspeed_config:
@@ -183,7 +183,7 @@ def check_shards(cfg: RunConfig, working_dir: Path, assumed_train_shards: int | 
     readers = world * readers_per_rank
     train_dir = _on_cluster(d.shards, working_dir) / "train"
     if (train_dir / "manifest.json").is_file():
-        from distributed.shards import load_manifest, train_batches_per_epoch, train_plan
+        from distributed.data.shards import load_manifest, train_batches_per_epoch, train_plan
 
         manifest = load_manifest(train_dir)
         # The reader's own check (raises DataError naming the fix when shards < readers).
@@ -228,7 +228,7 @@ def validate_sweep(recipe_rel: Path, overrides: list[str], working_dir: Path,
     Paths in a sweep file resolve against the file's folder and the current directory, as they will
     on the cluster (the job starts in working_dir), so the check runs from working_dir.
     """
-    from distributed.config import config_from_dict
+    from distributed.common.config import config_from_dict
     from tune.spaces import load_sweep, trial_tree   # the sweep schema lives with tune.sweep
 
     here = Path.cwd()

@@ -32,8 +32,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distributed.cli import run_command
-from distributed.errors import UserError
+from distributed.common.commandline import run_command
+from distributed.common.errors import UserError
 from tune.compare import STATE_FILE, read_state, run_compare, sweep_child_runs
 from tune.spaces import SweepSpec, describe, load_sweep, point_label, trial_run_name, trial_tree
 
@@ -169,8 +169,8 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any] | None = None) -> 
     from mlflow import MlflowClient
     from ray import tune as raytune
 
-    from distributed.config import config_from_dict
-    from distributed.loop import RESULTS_FILE
+    from distributed.common.config import config_from_dict
+    from distributed.runtime.loop import RESULTS_FILE
     from distributed.train import train
 
     point, seed = dict(config["point"]), int(config["seed"])

@@ -16,10 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
-from distributed.errors import ConfigError
+from distributed.common.errors import ConfigError
 from model.config import NetworkConfig, PPLConfig
 
-DEFAULT_CONFIG_DIR = Path(__file__).parent / "configs"
+DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass

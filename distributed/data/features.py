@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from distributed.errors import ConfigError, DataError
-from distributed.llp import FEATURE_DIRS, LLP_FRAMES_PER_SEGMENT, LLP_NUM_SEGMENTS
+from distributed.common.errors import ConfigError, DataError
+from distributed.data.llp import FEATURE_DIRS, LLP_FRAMES_PER_SEGMENT, LLP_NUM_SEGMENTS
 
 __all__ = ["FeatureSpec", "read_video_features", "load_features", "feature_path", "FEATURE_KEYS"]
 

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from distributed.config import RunConfig
+from distributed.common.config import RunConfig
 
 
 def tracking_uri(cfg: RunConfig) -> str:

@@ -82,7 +82,7 @@ def save_model(path: Path, method: PPL, online_state: dict, config: dict, extra:
 
 
 def load_model(path: str | Path) -> dict[str, Any]:
-    from distributed.errors import DataError
+    from distributed.common.errors import DataError
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")

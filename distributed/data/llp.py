@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distributed.errors import ConfigError, DataError
+from distributed.common.errors import ConfigError, DataError
 
 LLP_CLASSES: tuple[str, ...] = (
     "Speech", "Car", "Cheering", "Dog", "Cat", "Frying_(food)", "Basketball_bounce",

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from distributed.errors import DataError
-from distributed.shards import load_manifest, make_eval_loader, make_train_loader, train_batches_per_epoch
+from distributed.common.errors import DataError
+from distributed.data.shards import load_manifest, make_eval_loader, make_train_loader, train_batches_per_epoch
 
 
 def check_manifest_matches_model(manifest: dict, model_cfg, where: Path) -> None:

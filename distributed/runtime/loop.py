@@ -19,11 +19,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distributed.checkpoint import (BEST_MODEL_FILE, FINAL_MODEL_FILE, STATE_FILE, commit_local, latest_local_checkpoint,
+from distributed.runtime.checkpoint import (BEST_MODEL_FILE, FINAL_MODEL_FILE, STATE_FILE, commit_local, latest_local_checkpoint,
                                     load_training_state, new_tmp_dir, save_model, save_training_state)
-from distributed.config import RunConfig, config_from_dict
-from distributed.engine import build_engine, cast_inputs, learning_rate
-from distributed.tracking import RunLogger
+from distributed.common.config import RunConfig, config_from_dict
+from distributed.runtime.engine import build_engine, cast_inputs, learning_rate
+from distributed.runtime.tracking import RunLogger
 from model.metrics import llp_scores
 from model.ppl import PPL
 from model.prototypes import identity_reducer
@@ -179,9 +179,9 @@ class Progress:
 
 def build_data(cfg: RunConfig, ctx: WorkerContext):
     if cfg.data.shards:
-        from distributed.shard_data import ShardData
+        from distributed.data.shard_data import ShardData
         return ShardData(cfg, ctx.rank, ctx.world_size)
-    from distributed.data import ArrayData
+    from distributed.data.arrays import ArrayData
     return ArrayData(cfg, ctx.rank, ctx.world_size)
 
 
@@ -360,7 +360,7 @@ def _note_resume(ctx: WorkerContext, progress: dict) -> None:
 
 def _finish(cfg: RunConfig, ctx: WorkerContext, engine, method: PPL, data, state: dict, logger) -> None:
     """Score test with the best weights, write results.json, log artifacts, final report."""
-    from distributed.checkpoint import load_model
+    from distributed.runtime.checkpoint import load_model
 
     output_dir = Path(cfg.output_dir)
     best_path = output_dir / BEST_MODEL_FILE

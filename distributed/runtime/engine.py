@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from distributed.config import RunConfig
-from distributed.errors import ConfigError
+from distributed.common.config import RunConfig
+from distributed.common.errors import ConfigError
 
 
 def cast_inputs(module: nn.Module, inputs: tuple) -> tuple:

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from distributed.errors import DataError
-from distributed.features import FeatureSpec, load_features
-from distributed.llp import LLPSplit, load_split
+from distributed.common.errors import DataError
+from distributed.data.features import FeatureSpec, load_features
+from distributed.data.llp import LLPSplit, load_split
 
 Batch = dict
 

@@ -1,0 +1,1 @@
+"""Shared helpers: the one run config, user-facing errors, atomic publishing, command-line plumbing."""
