@@ -7,7 +7,8 @@ import torch
 
 from conftest import TINY_MODEL
 from distributed.common.config import load_config
-from distributed.train import fit_with_ray, train
+from distributed.runtime.launch import fit_with_ray
+from distributed.train import train
 
 pytestmark = pytest.mark.ray
 
