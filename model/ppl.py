@@ -30,18 +30,19 @@ class PPL(nn.Module):
         self.cfg = ppl_cfg
         self.network = AudioVisualParser(network_cfg)
         # only prototype labelers read momentum features; Base and naive PL need no EMA copy
-        uses_bank = ppl_cfg.labeler in ("ppl_hard", "ppl_soft")
-        self.momentum = MomentumEncoder(self.network, ppl_cfg.ema_decay if uses_bank else None)
+        self.momentum = MomentumEncoder(self.network, ppl_cfg.ema_decay if self.uses_bank else None,
+                                        warmup=ppl_cfg.ema_warmup)
         self.bank = PrototypeBank(network_cfg.num_classes, network_cfg.model_dim, ppl_cfg.prototypes_per_class,
                                   ppl_cfg.bank_momentum, seed=seed, center=ppl_cfg.center_features)
 
     @property
     def uses_bank(self) -> bool:
+        """Prototype labelers read momentum features and keep a bank; Base and naive PL do not."""
         return self.cfg.labeler in ("ppl_hard", "ppl_soft")
 
     def losses(self, online: ParserOutput, inputs: tuple[Tensor, ...], weak_labels: Tensor, epoch: int) -> StepOutput:
         """Momentum forward, pseudo-labels from the current bank, and the loss terms."""
-        momentum = self.momentum(online, *inputs) if self.uses_bank else online.detach()
+        momentum = self.momentum(online, *inputs)     # without an EMA copy: online, detached
         labels = make_pseudo_labels(self.cfg, online, momentum, self.bank, weak_labels)
         return StepOutput(total_loss(online, weak_labels, labels, self.bank, self.cfg, epoch), online, momentum, labels)
 

@@ -23,57 +23,60 @@ class PseudoLabels:
     assignment: Tensor   # (B, T, M) hard class in 0..C (C = background), -1 where undecided/gated out
 
 
-def prototype_scores(features: Tensor, bank: PrototypeBank, weak_labels: Tensor) -> tuple[Tensor, Tensor]:
-    """s_c = max_k <f_bar, mu_{m,c,k}> over labelled classes + background. (B, T, M, C+1), usable mask."""
-    return _scores(bank.embed(features), bank, weak_labels)
-
-
-def _scores(embedded: Tensor, bank: PrototypeBank, weak_labels: Tensor) -> tuple[Tensor, Tensor]:
+def _labelled_similarities(embedded: Tensor, bank: PrototypeBank, weak_labels: Tensor) -> tuple[Tensor, Tensor]:
+    """s_c = max_k <f_bar, mu_{m,c,k}> (B, T, M, C+1), and which entries may compete: the video's weak
+    classes plus background, where the class has an initialised prototype."""
     sim, _ = bank.nearest(embedded)
     labelled = torch.cat([weak_labels.bool(), torch.ones_like(weak_labels[:, :1], dtype=torch.bool)], dim=-1)
-    usable = labelled[:, None, None, :] & torch.isfinite(sim)
-    return sim, usable
+    return sim, labelled[:, None, None, :] & torch.isfinite(sim)
+
+
+def across_classes_labels(sim: Tensor, usable: Tensor, cfg: PPLConfig, hard: bool
+                          ) -> tuple[Tensor, Tensor, Tensor]:
+    """Eq. 10 as we read it: one softmax over the labelled classes + background, per segment and modality.
+
+    Returns class targets (B, T, M, C), the loss mask (B, T, M, C) and the hard assignment (B, T, M).
+    """
+    num_classes = sim.shape[-1] - 1
+    logits = (sim / cfg.tau).masked_fill(~usable, float("-inf"))
+    any_usable = usable.any(dim=-1, keepdim=True)
+    q = torch.softmax(logits.masked_fill(~any_usable, 0.0), dim=-1).masked_fill(~usable, 0.0)
+    winner = q.argmax(dim=-1)
+    q_classes = F.one_hot(winner, num_classes + 1)[..., :num_classes].float() if hard else q[..., :num_classes]
+    gate = (q.amax(dim=-1) >= cfg.confidence_gate) & any_usable.squeeze(-1)
+    weights = usable[..., :num_classes] & gate.unsqueeze(-1)
+    return q_classes, weights, torch.where(gate, winner, torch.full_like(winner, -1))
+
+
+def per_class_labels(sim: Tensor, usable: Tensor, negative_sim: Tensor | None, cfg: PPLConfig, hard: bool
+                     ) -> tuple[Tensor, Tensor, Tensor]:
+    """Per labelled class c, softmax over {c, background} = sigmoid((s_c - s_bg) / tau): co-occurring
+    events do not compete. s_bg is c's own negative prototype (``negative_sim``, background=negatives)
+    or the modality's background prototype."""
+    num_classes = sim.shape[-1] - 1
+    class_sim = sim[..., :num_classes]
+    background = negative_sim if negative_sim is not None else sim[..., num_classes:].expand_as(class_sim)
+    usable = usable[..., :num_classes] & torch.isfinite(background)
+    q = torch.sigmoid(((class_sim - background) / cfg.tau).masked_fill(~usable, 0.0))
+    q_classes = (q >= 0.5).float() if hard else q
+    weights = usable & (torch.maximum(q, 1.0 - q) >= cfg.confidence_gate)
+    # hard assignment for the contrastive loss: best positive class, else background; -1 where undecided
+    positive = (q >= 0.5) & weights
+    best = q.masked_fill(~positive, -1.0).argmax(dim=-1)
+    assignment = torch.where(positive.any(dim=-1), best, torch.full_like(best, num_classes))
+    return q_classes, weights, torch.where(weights.any(dim=-1), assignment, torch.full_like(best, -1))
 
 
 def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: Tensor, cfg: PPLConfig,
                             hard: bool) -> PseudoLabels:
-    """Eq. 10 (as we read it): q = softmax(s / tau) over the usable set, per segment and modality.
-
-    ``competition='across_classes'``: one softmax over labelled classes + background.
-    ``competition='per_class'``: per labelled class c, softmax over {c, background} = sigmoid((s_c - s_bg)/tau),
-    so co-occurring events do not compete for the same segment.
-    """
-    num_classes = weak_labels.shape[-1]
+    """Prototype pseudo-labels for momentum ``features`` (B, T, M, d), by ``cfg.competition``."""
     embedded = bank.embed(features)   # once per step: centring + normalising (B, T, M, d)
-    sim, usable = _scores(embedded, bank, weak_labels)
-    logits = (sim / cfg.tau).masked_fill(~usable, float("-inf"))
-    class_usable = usable[..., :num_classes]
+    sim, usable = _labelled_similarities(embedded, bank, weak_labels)
     if cfg.competition == "across_classes":
-        any_usable = usable.any(dim=-1, keepdim=True)
-        q = torch.softmax(logits.masked_fill(~any_usable, 0.0), dim=-1).masked_fill(~usable, 0.0)
-        winner = q.argmax(dim=-1)
-        confidence = q.amax(dim=-1)
-        q_classes = F.one_hot(winner, num_classes + 1)[..., :num_classes].float() if hard else q[..., :num_classes]
-        gate = (confidence >= cfg.confidence_gate) & any_usable.squeeze(-1)
-        weights = class_usable & gate.unsqueeze(-1)
-        assignment = torch.where(gate, winner, torch.full_like(winner, -1))
+        q_classes, weights, assignment = across_classes_labels(sim, usable, cfg, hard)
     else:
-        class_logits = logits[..., :num_classes]
-        if cfg.background == "negatives":   # each class against its own negative prototype
-            negative = bank.negative_similarity(embedded) / cfg.tau
-        else:                               # each class against the modality's background prototype
-            negative = logits[..., num_classes:].expand_as(class_logits)
-        class_usable = class_usable & torch.isfinite(negative)
-        q = torch.sigmoid((class_logits - negative).masked_fill(~class_usable, 0.0))   # (s_c - s_bg) / tau
-        q_classes = (q >= 0.5).float() if hard else q
-        confidence = torch.maximum(q, 1.0 - q)
-        weights = class_usable & (confidence >= cfg.confidence_gate)
-        # hard assignment for the contrastive loss: best positive class, else background
-        positive = (q >= 0.5) & weights
-        best = q.masked_fill(~positive, -1.0).argmax(dim=-1)
-        decided = weights.any(dim=-1)
-        assignment = torch.where(positive.any(dim=-1), best, torch.full_like(best, num_classes))
-        assignment = torch.where(decided, assignment, torch.full_like(best, -1))
+        negative_sim = bank.negative_similarity(embedded) if cfg.background == "negatives" else None
+        q_classes, weights, assignment = per_class_labels(sim, usable, negative_sim, cfg, hard)
     negatives = ~weak_labels.bool()[:, None, None, :].expand_as(weights)
     targets = torch.where(weights, q_classes, torch.zeros_like(q_classes))
     return PseudoLabels(targets=targets.detach(), weights=(weights | negatives).float(), assignment=assignment)
@@ -113,5 +116,5 @@ def pseudo_label_counts(labels: PseudoLabels, frame_prob: Tensor, global_prob: T
     def tfn(pred):
         return [(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()]
     n_background = (labels.assignment == weak_labels.shape[-1]).sum()
-    n_pairs = torch.tensor(labels.assignment.numel())
-    return torch.stack([torch.as_tensor(x).double() for x in tfn(pl_pos) + tfn(model_pos) + [n_background, n_pairs]])
+    n_pairs = torch.ones_like(labels.assignment).sum()         # on the step's device, like every count here
+    return torch.stack([x.double() for x in tfn(pl_pos) + tfn(model_pos) + [n_background, n_pairs]])

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from distributed.runtime.engine import free_port
-from distributed.runtime.loop import all_reduce_sum
+from distributed.runtime.collectives import Collectives
 from model.config import PPLConfig
 from model.prototypes import PrototypeBank, select_key_segments
 
@@ -29,10 +29,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     bank = PrototypeBank(C, D, prototypes_per_class=2, momentum=0.9, seed=0)
+    comm = Collectives(world, torch.device("cpu"))
     history = []
     for step in range(STEPS):
         features, prob, weak = step_data(step, rank)
-        bank.update(features, select_key_segments(prob, weak, CFG), reducer=all_reduce_sum)
+        bank.update(features, select_key_segments(prob, weak, CFG), reducer=comm.sum_)
         history.append(bank.prototypes.clone())
     torch.save(torch.stack(history), os.path.join(out_dir, f"bank_rank{rank}.pt"))
     dist.destroy_process_group()

@@ -20,6 +20,7 @@ import glob
 import json
 import os
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -520,9 +521,11 @@ def local_cluster():
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.update({
-        # token auth on both sides: `ray start` turns it on by itself once ~/.ray/auth_token exists,
-        # and the jobs CLI then needs the mode set; setting it explicitly makes both agree either way
+        # token auth on both sides with a token of this cluster's own, passed in the environment: nothing is
+        # read from or written to ~/.ray (a fresh HOME has no auth_token; a used one must not matter)
         "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(16),
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",                    # every component on 127.0.0.1
         "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",    # `python` of the job = this venv
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",

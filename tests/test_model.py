@@ -203,12 +203,18 @@ def test_pseudo_labels_are_zero_outside_the_weak_label(competition, hard):
     assert ((labels.targets >= 0) & (labels.targets <= 1)).all()
 
 
+def labelled_similarities(features, bank, w):
+    """s_c over the weak classes + background, and which entries are usable (computed from the bank's API)."""
+    sim, _ = bank.nearest(bank.embed(features))
+    labelled = torch.cat([w.bool(), torch.ones_like(w[:, :1], dtype=torch.bool)], dim=-1)
+    return sim, labelled[:, None, None, :] & torch.isfinite(sim)
+
+
 def test_soft_labels_with_background_sum_to_one_across_classes():
     features, _, w = random_step()
     bank = initialised_bank()
     labels = prototype_pseudo_labels(features, bank, w, PPLConfig(competition="across_classes", background="low_confidence", tau=0.1), hard=False)
-    from model.pseudo_labels import prototype_scores
-    sim, usable = prototype_scores(features, bank, w)
+    sim, usable = labelled_similarities(features, bank, w)
     q_bg = torch.softmax((sim / 0.1).masked_fill(~usable, float("-inf")), -1)[..., C]
     assert torch.allclose(labels.targets.sum(-1) + q_bg, torch.ones_like(q_bg), atol=1e-5)
 
@@ -220,8 +226,7 @@ def test_small_tau_soft_labels_approach_hard_labels(competition, background):
     bank = initialised_bank()
     hard = prototype_pseudo_labels(features, bank, w, PPLConfig(competition=competition, background=background),
                                    hard=True)
-    from model.pseudo_labels import prototype_scores
-    sim, usable = prototype_scores(features, bank, w)
+    sim, usable = labelled_similarities(features, bank, w)
     if background == "negatives":
         margin = (sim[..., :C] - bank.negative_similarity(bank.embed(features))).abs()
     elif competition == "per_class":
