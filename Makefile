@@ -11,7 +11,7 @@ DEMO_DIR   ?= demo
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export RAY_USAGE_STATS_ENABLED = 0
 
-.PHONY: install test test-all demo sweep-demo bench clean
+.PHONY: install test test-all demo sweep-demo bench gpu-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: install
 	$(BIN)/python bench/bench_eval.py
 	$(BIN)/python bench/bench_loader.py
 	$(BIN)/python bench/bench_distributed.py
+
+# The GPU path (1 GPU, DeepSpeed bf16, NCCL, 10,000 synthetic videos, 2 epochs): on a machine with a GPU.
+gpu-check: install
+	PYTHON=$(BIN)/python bash bench/gpu_check.sh
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache

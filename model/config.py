@@ -5,13 +5,20 @@ comment saying whose choice it is. ``distributed.config`` nests these into one r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from typing import Literal
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ValueError(f"{key}: {msg}")
+
+
+def _check_finite(config, prefix: str) -> None:
+    """inf and NaN satisfy none of the range checks' intent (``tau > 0`` holds for inf): refuse them first."""
+    for name, value in vars(config).items():
+        if isinstance(value, float):
+            _check(float("-inf") < value < float("inf"), f"{prefix}.{name}", f"must be a finite number, got {value!r}")
 
 
 @dataclass
@@ -36,6 +43,7 @@ class NetworkConfig:
     leaky_relu_slope: float = 0.01
 
     def validate(self, prefix: str = "model") -> None:
+        _check_finite(self, prefix)
         _check(self.preset in ("ppl", "han"), f"{prefix}.preset", f"must be 'ppl' or 'han', got {self.preset!r}")
         for name in ("num_classes", "num_segments", "audio_dim", "visual_2d_dim", "visual_3d_dim",
                      "model_dim", "audio_hidden", "visual_hidden", "han_heads", "han_ffn_dim"):
@@ -44,6 +52,8 @@ class NetworkConfig:
         _check(self.model_dim % self.han_heads == 0, f"{prefix}.han_heads", "must divide model_dim")
         _check(self.attention_scale in ("d", "sqrt_d"), f"{prefix}.attention_scale", "must be 'd' or 'sqrt_d'")
         _check(0.0 <= self.dropout < 1.0, f"{prefix}.dropout", f"must be in [0, 1), got {self.dropout!r}")
+        _check(0.0 <= self.leaky_relu_slope < 1.0, f"{prefix}.leaky_relu_slope",
+               f"must be in [0, 1), got {self.leaky_relu_slope!r}")
 
 
 @dataclass
@@ -57,6 +67,7 @@ class PPLConfig:
     labeler: Literal["none", "pl", "ppl_hard", "ppl_soft"] = "ppl_soft"
     tau: float = 0.1                       # seed Table 3 best
     ema_decay: float | None = 0.999        # None = "without EMA" (seed Table 4): online features, detached
+    ema_warmup: bool = True                # ours: alpha_t = min(alpha, (1+t)/(10+t)), model/momentum.py
     # prototype bank (ours: the main paper's Sec. 4 is not available)
     prototypes_per_class: int = 1          # K
     bank_momentum: float = 0.99            # beta in mu <- normalise(beta*mu + (1-beta)*mean)
@@ -87,9 +98,12 @@ class PPLConfig:
     visual_label_smoothing: float = 0.0    # HAN: Pv = (1-eps)*W + eps*0.5 with eps = 0.1
 
     def validate(self, prefix: str = "ppl") -> None:
+        _check_finite(self, prefix)
         _check(self.labeler in ("none", "pl", "ppl_hard", "ppl_soft"), f"{prefix}.labeler",
                f"must be one of none, pl, ppl_hard, ppl_soft, got {self.labeler!r}")
         _check(isinstance(self.tau, (int, float)) and self.tau > 0, f"{prefix}.tau", f"must be > 0, got {self.tau!r}")
+        _check(self.tau >= 1e-6, f"{prefix}.tau", f"must be >= 1e-6 (smaller overflows the float32 similarities; "
+               f"ppl_hard is the tau -> 0 limit), got {self.tau!r}")
         if self.ema_decay is not None:
             _check(isinstance(self.ema_decay, (int, float)) and 0.0 <= self.ema_decay < 1.0, f"{prefix}.ema_decay",
                    f"must be in [0, 1) or none, got {self.ema_decay!r}")
@@ -106,19 +120,19 @@ class PPLConfig:
                "must be none, low_confidence or negatives")
         _check(not (self.background == "negatives" and self.competition != "per_class"), f"{prefix}.background",
                "negatives needs ppl.competition=per_class (each class is scored against its own negative)")
+        _check(not (self.background == "none" and self.competition == "per_class"
+                    and self.labeler in ("ppl_hard", "ppl_soft")), f"{prefix}.background",
+               "none leaves per_class competition nothing to score a class against (no positive pseudo-label "
+               "could ever form): use negatives or low_confidence, or ppl.competition=across_classes")
         _check(self.competition in ("across_classes", "per_class"), f"{prefix}.competition",
                "must be across_classes or per_class")
         for name in ("pl_weight", "contrastive_weight"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
+            _check(getattr(self, name) <= 1000, f"{prefix}.{name}", "must be <= 1000 (the loss would overflow)")
         _check(self.contrastive_tau > 0, f"{prefix}.contrastive_tau", "must be > 0")
+        _check(self.contrastive_tau >= 1e-6, f"{prefix}.contrastive_tau", "must be >= 1e-6 (smaller overflows float32)")
         for name in ("warmup_epochs", "rampup_epochs"):
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{prefix}.{name}",
                    "must be an integer >= 0")
         _check(0.0 <= self.visual_label_smoothing < 1.0, f"{prefix}.visual_label_smoothing", "must be in [0, 1)")
 
-
-def field_names(cls) -> list[str]:
-    return [f.name for f in fields(cls)]
-
-
-__all__ = ["NetworkConfig", "PPLConfig", "field_names", "field"]

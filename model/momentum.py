@@ -35,7 +35,7 @@ class MomentumEncoder(nn.Module):
         if decay is not None and not 0.0 <= decay < 1.0:
             raise ValueError(f"ema_decay: must be in [0, 1) or None, got {decay!r}")
         self.decay, self.warmup = decay, warmup
-        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        self.num_updates = 0   # a host-side count (no device sync per step), saved through the extra state
         self.ema: AudioVisualParser | None = None
         if decay is not None:
             self.ema = copy.deepcopy(online)
@@ -46,7 +46,7 @@ class MomentumEncoder(nn.Module):
         """alpha_t of the next update."""
         if self.decay is None:
             return None
-        return warmed_up_decay(self.decay, int(self.num_updates) + 1) if self.warmup else self.decay
+        return warmed_up_decay(self.decay, self.num_updates + 1) if self.warmup else self.decay
 
     @torch.no_grad()
     def update(self, online: nn.Module) -> None:
@@ -59,6 +59,12 @@ class MomentumEncoder(nn.Module):
         torch._foreach_lerp_(ema_params, [p.to(ema_params[0].dtype) for p in online_params], 1.0 - decay)
         for ema_buf, buf in zip(self.ema.buffers(), online.buffers()):
             ema_buf.copy_(buf)
+
+    def get_extra_state(self) -> dict:
+        return {"num_updates": self.num_updates}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.num_updates = int(state["num_updates"])
 
     @torch.no_grad()
     def forward(self, online_output: ParserOutput, *inputs) -> ParserOutput:

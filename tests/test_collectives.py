@@ -127,3 +127,22 @@ def test_gathered_rows_are_in_split_order_for_any_rank_layout():
     assert merged["video_id"] == ["a", "b", "c"] and merged["split_row"].tolist() == [0, 1, 2]
     assert merged["frame_prob"][:, 0].tolist() == [1.0, 9.0, 0.0]
     assert "global_prob" not in merged and "dense_audio" not in merged   # absent parts stay absent
+
+
+def test_a_whole_ppl_step_builds_every_tensor_on_the_engine_device():
+    """Forward, pseudo-labels, losses, EMA update, bank update through the reducer, pseudo-label counts:
+    on a non-CPU engine device nothing may fall back to a CPU tensor (it would raise on meta)."""
+    method = PPL(NetworkConfig(model_dim=16, audio_hidden=8, visual_hidden=16), PPLConfig(warmup_epochs=0)).to(META)
+    b, t, c = 2, 10, 25
+    inputs = (torch.zeros(b, t, 128, device=META), torch.zeros(b, 8 * t, 2048, device=META),
+              torch.zeros(b, t, 512, device=META))
+    weak = torch.zeros(b, c, device=META)
+    online = method.network(*inputs)
+    step = method.losses(online, inputs, weak, epoch=3)
+    assert step.losses.total.device == META and step.labels.targets.device == META
+    comm, rules = meta_comm()
+    bank_counts = method.after_optimizer_step(method.network, step.momentum, weak, comm.sum_)
+    assert bank_counts.device == META and rules.calls == ["all_reduce"]
+    dense = torch.zeros(b, t, 2, c, device=META)
+    counts = pseudo_label_counts(step.labels, online.frame_prob, online.global_prob, weak, dense)
+    assert counts.device == META

@@ -330,3 +330,29 @@ def test_centred_bank_tracks_the_feature_mean_and_compares_after_subtracting_it(
     bank.update(features + 1.0, select_key_segments(prob, w, PPLConfig(key_min_prob=0.0)))
     assert torch.allclose(bank.center, features.mean(dim=(0, 1)) + 0.5, atol=1e-5)
     assert torch.allclose(bank.embed(features), F.normalize(features - bank.center, dim=-1))
+
+
+def test_ema_decay_warmup_follows_its_formula_and_forgets_the_initialisation():
+    from model.momentum import warmed_up_decay
+
+    net = AudioVisualParser(NetworkConfig())
+    enc = MomentumEncoder(net, decay=0.999, warmup=True)
+    init = copy.deepcopy(enc.ema.state_dict())
+    share = 1.0
+    for t in range(1, 31):
+        alpha = warmed_up_decay(0.999, t)
+        assert alpha == min(0.999, (1 + t) / (10 + t)) and enc.current_decay() == alpha
+        before = copy.deepcopy(enc.ema.state_dict())
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(0.01)
+        enc.update(net)
+        for name, online in net.state_dict().items():
+            if online.is_floating_point():
+                assert torch.allclose(enc.ema.state_dict()[name], alpha * before[name] + (1 - alpha) * online,
+                                      atol=1e-6), name
+        share *= alpha
+    assert int(enc.num_updates) == 30 and share < 1e-6      # the random initialisation is gone after 30 steps
+    assert warmed_up_decay(0.999, 20_000) == 0.999          # the configured decay once the run is long enough
+    name = next(iter(init))
+    assert not torch.allclose(enc.ema.state_dict()[name], init[name])

@@ -9,7 +9,9 @@ the model-selection score, identical on every rank.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -81,13 +83,22 @@ def weak_label_loss(rows: dict[str, Any]) -> float:
 
 
 def evaluate_split(network: torch.nn.Module, batches: Iterable[dict], device: torch.device,
-                   comm: Collectives) -> tuple[dict[str, float], float | None]:
-    """(the ten LLP numbers, or {} without dense truth; the weak-label loss, or None without weak labels)."""
+                   comm: Collectives) -> tuple[dict[str, float], float | None, dict[str, Any]]:
+    """(the ten LLP numbers, or {} without dense truth; the weak-label loss, or None without weak labels;
+    the gathered rows in split order)."""
     rows = gather_in_split_order(predict_rows(network, batches, device), comm)
     if not rows["video_id"]:
-        return {}, None
+        return {}, None, rows
     scores = {}
     if "dense_audio" in rows and "dense_visual" in rows:
         scores = llp_scores(rows["frame_prob"], rows["global_prob"], rows["dense_audio"], rows["dense_visual"])
     loss = weak_label_loss(rows) if "weak_labels" in rows else None
-    return scores, loss
+    return scores, loss, rows
+
+
+def save_predictions(path: Path, rows: dict[str, Any]) -> None:
+    """The rows as ``ppl-avvp evaluate --predictions`` reads them (video_ids, frame_prob, global_prob). Atomic."""
+    tmp = path.with_name(f".{path.name}.tmp.npz")
+    np.savez(tmp, video_ids=np.asarray(rows["video_id"], dtype=str), frame_prob=rows["frame_prob"],
+             global_prob=rows["global_prob"])
+    os.replace(tmp, path)

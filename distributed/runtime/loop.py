@@ -22,13 +22,14 @@ from distributed.runtime.collectives import Collectives
 from distributed.runtime.console import Console, redirect_output_to
 from distributed.runtime.counters import EpochCounters
 from distributed.runtime.engine import build_engine, learning_rate
-from distributed.runtime.evaluation import INPUT_KEYS, evaluate_split
+from distributed.runtime.evaluation import INPUT_KEYS, evaluate_split, save_predictions
 from distributed.runtime.faults import maybe_inject_failure
 from distributed.runtime.tracking import RunLogger
 from model.ppl import PPL
 from model.pseudo_labels import pseudo_label_counts
 
 RESULTS_FILE = "results.json"
+TEST_PREDICTIONS_FILE = "test_predictions.npz"   # best weights on test, for `ppl-avvp evaluate --predictions`
 
 
 @dataclass
@@ -76,9 +77,11 @@ def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
         counters = train_epoch(cfg, ctx, method, engine, data, comm, state, epoch, loop_config, console)
         metrics = counters.summary(videos_per_step=cfg.data.batch_size * ctx.world_size)
         metrics["lr"] = learning_rate(cfg, epoch)
+        if ctx.device.type == "cuda":
+            metrics["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
         if hasattr(data, "skipped"):
             metrics["skipped_bad_samples"] = comm.sum_floats(data.skipped)[0]
-        val, val_loss = evaluate_split(engine.module, data.eval("val"), ctx.device, comm)
+        val, val_loss, _ = evaluate_split(engine.module, data.eval("val"), ctx.device, comm)
         metrics.update({f"val_{k}": v for k, v in val.items()})
         if val_loss is not None:
             metrics["val_weak_label_loss"] = val_loss
@@ -172,14 +175,18 @@ def finish(cfg: RunConfig, ctx: WorkerContext, engine, data, comm: Collectives, 
     network = engine.module
     current = {k: v.detach().clone() for k, v in network.state_dict().items()}
     network.load_state_dict(best["network"])
-    test, _ = evaluate_split(network, data.eval("test"), ctx.device, comm)
+    test, _, rows = evaluate_split(network, data.eval("test"), ctx.device, comm)
     network.load_state_dict(current)
+    if len(set(comm.gather_objects(state.best_epoch))) != 1:   # model selection must be rank-independent
+        raise RuntimeError(f"ranks disagree on the best epoch: {comm.gather_objects(state.best_epoch)}")
     results = {"name": cfg.name, "best_epoch": state.best_epoch, "val": best.get("val", {}), "test": test,
                "history": state.history}
     if ctx.rank == 0:
         tmp = output_dir / f".{RESULTS_FILE}.tmp"
         tmp.write_text(json.dumps(results, indent=2))
         os.replace(tmp, output_dir / RESULTS_FILE)
+        if rows["video_id"]:
+            save_predictions(output_dir / TEST_PREDICTIONS_FILE, rows)
         if logger:
             logger.metrics({f"test_{k}": v for k, v in test.items()}, step=cfg.optim.epochs)
             logger.artifact(output_dir / RESULTS_FILE)
