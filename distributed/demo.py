@@ -52,14 +52,15 @@ def main(argv=None) -> int:
     from distributed.train import train
 
     results = {}
+    store = f"sqlite:///{out / 'runs' / 'mlflow.db'}"     # the demo keeps its own store under --out
     for name, overrides in DEMO_OVERRIDES.items():
         print(f"[3/3] training {name} on {args.workers} Ray Train workers with DeepSpeed", flush=True)
         cfg = load_config("ppl", [
             f"name=demo-{name}", f"output_dir={out / 'runs' / name}", f"seed={args.seed}",
             f"data.shards={shards}", f"optim.epochs={args.epochs}", f"data.batch_size={args.batch_size}",
             f"distributed.num_workers={args.workers}", "distributed.engine=deepspeed",
-            f"tracking.experiment=ppl-avvp-demo", *overrides])
-        results[name] = train(cfg)
+            f"tracking.experiment=ppl-avvp-demo", f"tracking.tracking_uri={store}", *overrides])
+        results[name] = train(cfg, resume=True)   # a rerun of the demo continues (or re-reports) its runs
     print()
     for name, res in results.items():
         print(format_table(res["test"], title=f"{name} (test, best val epoch {res['best_epoch']})"))
@@ -67,7 +68,7 @@ def main(argv=None) -> int:
     deltas = {k: results["ppl"]["test"][k] - results["base"]["test"][k] for k in results["base"]["test"]}
     print("PPL - Base: " + "  ".join(f"{k} {v:+.1f}" for k, v in deltas.items()))
     print(f"\ndemo took {time.perf_counter() - started:.0f} s. Browse the runs with:\n"
-          f"  {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri sqlite:///{out / 'runs' / 'mlflow.db'}")
+          f"  {sys.executable.rsplit('/', 1)[0]}/mlflow ui --backend-store-uri {store}")
     return 0
 
 

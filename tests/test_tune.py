@@ -1,14 +1,16 @@
-"""Sweeps (tune.sweep) and comparisons (tune.compare).
+"""Sweeps (tune.sweep), comparisons (tune.compare) and the MLflow store they share with training.
 
-Validation, expansion, reporting and table tests need no Ray. The `ray`-marked tests run ONE tiny
-sweep (4 in-process trials, 1 epoch, small model, synthetic data) on one local Ray instance and check
-MLflow, the comparison files and --resume.
+Validation, expansion (Tune's search-space objects and variant generator, offline), reporting and
+table tests need no Ray. The `ray`-marked tests run ONE tiny sweep (4 in-process trials, 1 epoch,
+small model, synthetic data) on one local Ray instance and check MLflow, the trials Tune ran, the
+comparison files and --resume.
 """
 from __future__ import annotations
 
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,7 +19,7 @@ from distributed import cli
 from model.metrics import SCORE_KEYS
 from tune.compare import RunRecord, best_rows, format_comparison, group_records, write_csv
 from tune.spaces import load_sweep, trial_tree
-from tune.sweep import EpochReporter
+from tune.sweep import EpochReporter, describe
 
 SMALL = ["distributed.engine=torch", "optim.epochs=1", "data.batch_size=16", "data.eval_batch_size=32",
          "model.model_dim=64", "model.visual_hidden=64", "model.audio_hidden=32"]
@@ -124,6 +126,95 @@ def test_expansion_grid_choice_random(tmp_path, synth_data):
     assert [p["optim.lr"] for p in load_sweep(path).points] == [p["optim.lr"] for p in spec.points]
 
 
+RANDOM_SPACE = {"ppl.ema_decay": {"grid": [0.999, "none"]}, "optim.lr": {"loguniform": [1e-4, 1e-3]},
+                "ppl.tau": {"uniform": [0.05, 0.3]}, "model.dropout": {"choice": [0.0, 0.1, 0.2]}}
+
+
+def test_param_space_is_made_of_tune_search_space_objects(tmp_path, synth_data):
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search.sample import Categorical, Float, LogUniform, Uniform
+
+    path = write_sweep(tmp_path / "r.yaml", synth_data, RANDOM_SPACE, seeds=[3, 7],
+                       search={"random": {"num_samples": 2, "seed": 11}})
+    space = load_sweep(path).param_space()
+    assert list(space) == ["ppl.ema_decay", "optim.lr", "ppl.tau", "model.dropout", "seed"]
+    assert space["ppl.ema_decay"] == tune.grid_search([0.999, "none"]) == {"grid_search": [0.999, "none"]}
+    assert space["seed"] == {"grid_search": [3, 7]}
+    lr, tau, dropout = space["optim.lr"], space["ppl.tau"], space["model.dropout"]
+    assert type(lr) is Float and isinstance(lr.get_sampler(), LogUniform)
+    assert (lr.lower, lr.upper) == (1e-4, 1e-3)
+    assert type(tau) is Float and isinstance(tau.get_sampler(), Uniform)
+    assert (tau.lower, tau.upper) == (0.05, 0.3)
+    assert type(dropout) is Categorical and dropout.categories == [0.0, 0.1, 0.2]
+    algorithm = load_sweep(path).search_algorithm(max_concurrent=2)
+    assert type(algorithm) is BasicVariantGenerator and algorithm.max_concurrent == 2
+
+    # without random search a choice expands like a grid
+    grid = write_sweep(tmp_path / "g.yaml", synth_data, {"model.dropout": {"choice": [0.0, 0.1]}})
+    assert load_sweep(grid).param_space()["model.dropout"] == {"grid_search": [0.0, 0.1]}
+
+
+def test_random_search_is_reproducible_by_seed_and_is_what_tune_generates(tmp_path, synth_data):
+    def trials_of(seed):
+        path = write_sweep(tmp_path / f"r{seed}.yaml", synth_data, RANDOM_SPACE, seeds=2,
+                           search={"random": {"num_samples": 3, "seed": seed}})
+        return load_sweep(path)
+
+    spec = trials_of(5)
+    assert spec.num_trials == 3 * 2 * 2 and len(spec.points) == 6
+    assert spec.trials == trials_of(5).trials                        # same seed, same trials
+    assert [p["optim.lr"] for p in trials_of(6).points] != [p["optim.lr"] for p in spec.points]
+    assert all(0.05 <= p["ppl.tau"] <= 0.3 and 1e-4 <= p["optim.lr"] <= 1e-3 for p in spec.points)
+
+    # the same trials come out of the search algorithm the Tuner is given (Tune's BasicVariantGenerator)
+    def trainable(config):
+        pass
+
+    algorithm = spec.search_algorithm()
+    algorithm.add_configurations({"probe": {"run": trainable, "config": spec.param_space(),
+                                            "num_samples": spec.num_samples, "storage_path": str(tmp_path / "ray")}})
+    generated = []
+    while (trial := algorithm.next_trial()) is not None:
+        generated.append(({k: trial.config[k] for k in spec.swept_keys}, trial.config["seed"]))
+    assert generated == spec.trials
+    # a sample's draws are shared by its grid combinations and seeds (paired comparisons)
+    first_sample = spec.trials[:4]
+    assert len({(p["optim.lr"], p["ppl.tau"], p["model.dropout"]) for p, _ in first_sample}) == 1
+    assert {(p["ppl.ema_decay"], s) for p, s in first_sample} == {(0.999, 0), ("none", 0), (0.999, 1), ("none", 1)}
+    text = describe(spec)
+    assert "6 point(s) x 2 seed(s) = 12 trial(s)" in text and "3 sample(s) x 2 grid combination(s)" in text
+    assert "optim.lr: loguniform [0.0001, 0.001] (tune.loguniform)" in text
+
+
+def test_train_sweep_and_compare_share_one_default_store(tmp_path, tmp_path_factory, monkeypatch, capsys,
+                                                         synth_data):
+    """`ppl-avvp train` with defaults logs where `ppl-avvp compare --experiment ppl-avvp` and sweeps look,
+    even when output_dir lies outside the current folder."""
+    from distributed.runtime.tracking import default_tracking_uri
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    store = f"sqlite:///{Path.cwd() / 'runs' / 'mlflow.db'}"
+    outside = tmp_path_factory.mktemp("elsewhere") / "run"
+    rc, out, _ = run_cli(["train", "--config", "ppl", f"data.annotations={synth_data}/annotations",
+                          f"data.features={synth_data}/features", "distributed.num_workers=0", *SMALL,
+                          f"output_dir={outside}"], capsys)
+    assert rc == 0 and f"at {store}" in out
+    assert (tmp_path / "runs" / "mlflow.db").is_file() and not (outside.parent / "mlflow.db").exists()
+    results = json.loads((outside / "results.json").read_text())
+
+    rc, out, _ = run_cli(["compare", "--experiment", "ppl-avvp", "--no-plots"], capsys)
+    assert rc == 0 and "experiment ppl-avvp" in out
+    rows = list(csv.DictReader(open(tmp_path / "runs" / "compare" / "ppl-avvp" / "comparison.csv")))
+    assert len(rows) == 1 and float(rows[0]["seg_a_mean"]) == results["test"]["seg_a"]
+
+    sweep_file = write_sweep(tmp_path / "s.yaml", synth_data, {"ppl.tau": {"grid": [0.1]}})
+    assert load_sweep(sweep_file).tracking_uri == store == default_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert load_sweep(sweep_file).tracking_uri == "http://127.0.0.1:5000" == default_tracking_uri()
+
+
 def test_trial_config_carries_point_seed_and_tracking(tmp_path, synth_data):
     from distributed.common.config import config_from_dict
 
@@ -223,6 +314,17 @@ def test_sweep_logs_parent_and_child_runs(sweep):
         assert all(f"test_{k}" in run.data.metrics and f"val_{k}" in run.data.metrics for k in SCORE_KEYS)
         assert run.data.tags["ppl_avvp.sweep"] == "tiny"
     assert len([d for d in sweep["dir"].iterdir() if (d / "train" / "results.json").is_file()]) == 4
+
+
+@pytest.mark.ray
+def test_tune_ran_the_trials_of_the_param_space(sweep):
+    from ray.tune import ExperimentAnalysis
+
+    spec = load_sweep(sweep["path"])
+    configs = [trial.config for trial in ExperimentAnalysis(str(sweep["dir"])).trials]
+    assert all(set(config) == {"ppl.tau", "ppl.ema_decay", "seed"} for config in configs)
+    ran = sorted(json.dumps(c, sort_keys=True) for c in configs)
+    assert ran == sorted(json.dumps({**p, "seed": s}, sort_keys=True) for p, s in spec.trials) and len(ran) == 4
 
 
 @pytest.mark.ray

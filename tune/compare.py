@@ -14,8 +14,8 @@ marks the best mean per column. Writes comparison.{txt,csv,md} and PNG plots (me
 ppl.tau varies, with/without EMA bars when ppl.ema_decay varies, val_seg_type learning curves) into
 --out, and, for a sweep, logs them as artifacts (``compare/``) of the sweep's parent run.
 
-Tracking URI: --tracking-uri, else the sweep's sweep_state.json, else $MLFLOW_TRACKING_URI, else
-sqlite:///<cwd>/runs/sweeps/mlflow.db (the sweep default).
+Tracking URI: --tracking-uri, else the sweep's sweep_state.json, else the store `ppl-avvp train` and
+`ppl-avvp sweep` log to by default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/runs/mlflow.db.
 """
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ import csv
 import difflib
 import json
 import math
-import os
 import re
 import sys
 from collections.abc import Sequence
@@ -34,7 +33,9 @@ from typing import Any
 
 from distributed.common.commandline import run_command
 from distributed.common.errors import UserError
+from distributed.runtime.tracking import default_tracking_uri, mlflow_client
 from model.metrics import SCORE_KEYS
+from tune.spaces import default_storage, short_names
 
 STATE_FILE = "sweep_state.json"
 EXCLUDED_PARAMS = {"seed", "output_dir", "tracking.run_name", "tracking.parent_run_id", "tracking.tracking_uri",
@@ -83,10 +84,6 @@ class Comparison:
 # where the runs are
 # ---------------------------------------------------------------------------------------------
 
-def default_storage() -> Path:
-    return Path.cwd() / "runs" / "sweeps"
-
-
 def read_state(experiment_dir: Path) -> dict | None:
     path = experiment_dir / STATE_FILE
     if not path.is_file():
@@ -95,20 +92,6 @@ def read_state(experiment_dir: Path) -> dict | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: not valid JSON ({err})") from None
-
-
-def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_storage() / 'mlflow.db'}"
-
-
-def _client(uri: str):
-    from mlflow import MlflowClient
-
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
-        if not db.is_file():
-            raise UserError(f"no MLflow store at {uri} (pass --tracking-uri)")
-    return MlflowClient(tracking_uri=uri)
 
 
 def _search_all(client, experiment_ids: list[str], filter_string: str = "") -> list:
@@ -193,8 +176,6 @@ def _sort_key(value: str):
 def _label(setting: dict[str, str]) -> str:
     if not setting:
         return "all runs"
-    from tune.spaces import short_names
-
     names = short_names(list(setting))
     return " ".join(f"{names[k]}={v}" for k, v in setting.items())
 
@@ -396,18 +377,17 @@ def run_compare(*, tracking_uri: str | None = None, sweep: str | None = None, pa
     if sum(x is not None for x in (sweep or parent_run_id, experiment, run_ids)) != 1:
         raise UserError("name exactly one of --sweep, --experiment or --runs")
     label, default_out, swept_keys = "runs", Path.cwd() / "runs" / "compare" / "runs", None
+    if sweep:
+        experiment_dir = Path(storage).resolve() / sweep if storage else default_storage() / sweep
+        state = read_state(experiment_dir)
+        if state:
+            default_out = experiment_dir / "compare"
+            parent_run_id = parent_run_id or state["parent_run_id"]
+            tracking_uri = tracking_uri or state["tracking_uri"]
+        else:
+            default_out = Path.cwd() / "runs" / "compare" / sweep
+    client = mlflow_client(tracking_uri or default_tracking_uri(), create=False)
     if sweep or parent_run_id:
-        state = None
-        if sweep:
-            experiment_dir = Path(storage).resolve() / sweep if storage else default_storage() / sweep
-            state = read_state(experiment_dir)
-            if state:
-                default_out = experiment_dir / "compare"
-                parent_run_id = parent_run_id or state["parent_run_id"]
-                tracking_uri = tracking_uri or state["tracking_uri"]
-            else:
-                default_out = Path.cwd() / "runs" / "compare" / sweep
-        client = _client(tracking_uri or default_tracking_uri())
         if not parent_run_id:
             parent_run_id = find_parent_run(client, sweep).info.run_id
         try:
@@ -424,7 +404,6 @@ def run_compare(*, tracking_uri: str | None = None, sweep: str | None = None, pa
         runs = sweep_child_runs(client, parent_run_id)
         title = f"sweep {label}"
     elif experiment:
-        client = _client(tracking_uri or default_tracking_uri())
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             raise UserError(f"no MLflow experiment named {experiment!r} in {client.tracking_uri}")
@@ -433,7 +412,6 @@ def run_compare(*, tracking_uri: str | None = None, sweep: str | None = None, pa
         label, title = experiment, f"experiment {experiment}"
         default_out = Path.cwd() / "runs" / "compare" / re.sub(r"[^A-Za-z0-9._-]+", "_", experiment)
     else:
-        client = _client(tracking_uri or default_tracking_uri())
         runs = []
         for run_id in run_ids:
             try:

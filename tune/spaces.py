@@ -1,4 +1,4 @@
-"""Sweep files: parse, validate and expand into trials (no Ray needed here).
+"""Sweep files: parse and validate them, and map them onto Ray Tune's search space (no Ray started here).
 
 A sweep file is YAML::
 
@@ -6,34 +6,39 @@ A sweep file is YAML::
     base: ppl                          # training config file (relative to this file or cwd) or preset
     overrides: [optim.epochs=4, ...]   # key=value applied to base (a {key: value} mapping works too)
     space:                             # dotted config key -> one distribution
-      ppl.tau: {grid: [0.05, 0.1, 0.2, 0.3]}
+      ppl.tau: {grid: [0.05, 0.1, 0.2, 0.3]}   # tune.grid_search
       ppl.ema_decay: {grid: [0.999, none]}     # none = no momentum encoder
-      optim.lr: {loguniform: [1.0e-4, 1.0e-3]} # needs search: {random: {num_samples: N}}
-      model.dropout: {choice: [0.0, 0.1]}      # expands like grid unless search: random
-    seeds: 3                           # count (0..n-1) or list [0, 1, 2]; every point runs once per seed
+      optim.lr: {loguniform: [1.0e-4, 1.0e-3]} # tune.loguniform; needs search: {random: {num_samples: N}}
+      model.dropout: {choice: [0.0, 0.1]}      # tune.choice under random search, else tune.grid_search
+    seeds: 3                           # count (0..n-1) or list [0, 1, 2]: a grid dimension `seed`
     metric: val_seg_type               # per-epoch metric Tune (and ASHA) rank trials by
     mode: max
     scheduler: {asha: {max_t: 12, grace_period: 2, reduction_factor: 3}}
-    search: {random: {num_samples: 8, seed: 0}}
+    search: {random: {num_samples: 8, seed: 0}}   # Tune's num_samples; seed of its variant generator
     resources_per_trial: {workers: 0, cpus_per_worker: 1, gpus_per_worker: 0}
     max_concurrent_trials: 2
     max_failures: 0
     storage: /abs/path/runs/sweeps     # default <cwd>/runs/sweeps (relative paths: from cwd)
     experiment: ppl-avvp-sweeps        # MLflow experiment (default: the base config's)
-    tracking_uri: sqlite:////abs/mlflow.db   # default: base config's, $MLFLOW_TRACKING_URI, <storage>/mlflow.db
+    tracking_uri: sqlite:////abs/mlflow.db   # default: base config's, else the store every command
+                                             # shares ($MLFLOW_TRACKING_URI or <cwd>/runs/mlflow.db)
 
 String values of ``base``, ``overrides``, ``storage`` and ``tracking_uri`` may use ``$VAR``,
 ``${VAR}`` and ``${VAR:-default}``.
 
-Validation happens here, before Ray starts: every trial's config is built and validated with the
-project's config loader, so a bad key or value fails with the loader's message (one line).
+Ray Tune does the search: ``SweepSpec.param_space()`` holds one Tune search-space object per swept
+key plus ``seed: tune.grid_search(seeds)``; ``SweepSpec.search_algorithm()`` is Tune's
+BasicVariantGenerator, which repeats the grid ``num_samples`` times and draws the sampled keys once
+per repetition (kept over its grid combinations and seeds, so runs pair up). This module does what
+Tune does not: it checks the whole file before Ray starts (every trial's config through the config
+loader; an error is one line naming the key), refuses keys the sweep manages, and lists the trials
+up front with Tune's own variant generation and seed (for --dry-run, validation and --resume).
 """
 from __future__ import annotations
 
 import copy
 import difflib
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -42,11 +47,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
-from distributed.common.config import config_from_dict, merge_trees, parse_overrides, read_yaml, set_dotted
+from distributed.common.config import (config_from_dict, flatten_tree, merge_trees, parse_overrides, read_yaml,
+                                       set_dotted)
 from distributed.common.errors import ConfigError, UserError
+from distributed.runtime.tracking import absolute_uri, default_tracking_uri
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
 TOP_LEVEL_KEYS = ("name", "base", "overrides", "space", "seeds", "metric", "mode", "scheduler", "search",
@@ -73,27 +79,9 @@ MAX_POINTS = 10_000
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:-([^}]*))?\}|\$([A-Za-z_][A-Za-z0-9_]*)")
 
 
-# ---------------------------------------------------------------------------------------------
-# small tree helpers (dotted keys)
-# ---------------------------------------------------------------------------------------------
-
-def get_dotted(tree: dict, dotted: str, default: Any = None) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value and not (set(value) & set(DISTRIBUTIONS)):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def default_storage() -> Path:
+    """Where sweeps live unless the file or --storage says otherwise."""
+    return Path.cwd() / "runs" / "sweeps"
 
 
 def expand_env(text: str, where: str) -> str:
@@ -145,17 +133,28 @@ def point_label(point: dict[str, Any], seed: int | None = None) -> str:
 class Dimension:
     key: str
     kind: str                          # grid | choice | uniform | loguniform
-    values: list[Any] = field(default_factory=list)   # grid / choice
+    values: list[Any] = field(default_factory=list)   # grid / choice, as written ("none" stays "none")
     low: float = 0.0                   # uniform / loguniform
     high: float = 0.0
 
     def sampled(self, random_search: bool) -> bool:
         return self.kind in ("uniform", "loguniform") or (self.kind == "choice" and random_search)
 
-    def describe(self) -> str:
+    def domain(self, random_search: bool) -> Any:
+        """This key as Tune's search-space object."""
+        from ray import tune
+
+        if not self.sampled(random_search):
+            return tune.grid_search(list(self.values))
+        if self.kind == "choice":
+            return tune.choice(list(self.values))
+        return (tune.uniform if self.kind == "uniform" else tune.loguniform)(self.low, self.high)
+
+    def describe(self, random_search: bool) -> str:
+        tune_name = "grid_search" if not self.sampled(random_search) else self.kind
         if self.kind in ("grid", "choice"):
-            return f"{self.kind} [{', '.join(format_value(v) for v in self.values)}]"
-        return f"{self.kind} [{format_value(self.low)}, {format_value(self.high)}]"
+            return f"{self.kind} [{', '.join(format_value(v) for v in self.values)}] (tune.{tune_name})"
+        return f"{self.kind} [{format_value(self.low)}, {format_value(self.high)}] (tune.{tune_name})"
 
 
 @dataclass
@@ -176,7 +175,7 @@ class SweepSpec:
     base_tree: dict                    # base file + overrides + CLI overrides, paths made absolute
     dimensions: list[Dimension]
     seeds: list[int]
-    points: list[dict[str, Any]]
+    trials: list[tuple[dict[str, Any], int]] = field(default_factory=list)   # (point, seed), Tune's order
     metric: str = "val_seg_type"
     mode: str = "max"
     asha: Asha | None = None
@@ -187,9 +186,13 @@ class SweepSpec:
     gpus_per_worker: float = 0.0
     max_concurrent_trials: int | None = None
     max_failures: int = 0
-    storage: Path = Path("runs/sweeps")
+    storage: Path = field(default_factory=default_storage)
     experiment: str = "ppl-avvp"
     tracking_uri: str = ""
+
+    @property
+    def random_search(self) -> bool:
+        return self.num_samples is not None
 
     @property
     def swept_keys(self) -> list[str]:
@@ -200,13 +203,34 @@ class SweepSpec:
         return self.storage / self.name
 
     @property
+    def points(self) -> list[dict[str, Any]]:
+        """Every (sample, grid combination) once: the trials of the first seed."""
+        return [point for point, seed in self.trials if seed == self.seeds[0]]
+
+    @property
     def num_trials(self) -> int:
-        return len(self.points) * len(self.seeds)
+        return len(self.trials)
+
+    def param_space(self) -> dict[str, Any]:
+        """Tune's param_space: each swept key (dotted, as in the file) as a search-space object, plus the seeds."""
+        from ray import tune
+
+        space = {d.key: d.domain(self.random_search) for d in self.dimensions}
+        space["seed"] = tune.grid_search(list(self.seeds))
+        return space
+
+    def search_algorithm(self, max_concurrent: int = 0):
+        """Tune's BasicVariantGenerator as the sweep runs it: sampled keys drawn once per sample and kept
+        over its grid combinations and seeds (constant_grid_search), reproducible from search.random.seed."""
+        from ray.tune.search import BasicVariantGenerator
+
+        return BasicVariantGenerator(constant_grid_search=True, random_state=self.search_seed,
+                                     max_concurrent=max_concurrent)
 
     def fingerprint(self) -> str:
         """What decides the trials: changing it makes --resume refuse (other keys may change)."""
-        blob = json.dumps({"base_tree": self.base_tree, "points": self.points, "seeds": self.seeds},
-                          sort_keys=True, default=str)
+        trials = sorted(json.dumps([point, seed], sort_keys=True, default=str) for point, seed in self.trials)
+        blob = json.dumps({"base_tree": self.base_tree, "trials": trials}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def payload(self, parent_run_id: str) -> dict[str, Any]:
@@ -216,21 +240,21 @@ class SweepSpec:
                 "workers": self.workers, "cpus_per_worker": self.cpus_per_worker,
                 "experiment_dir": str(self.experiment_dir), "swept_keys": self.swept_keys}
 
-    def params(self) -> dict[str, str]:
-        """The sweep file flattened (plus what it resolved to), as MLflow params of the parent run."""
-        out: dict[str, str] = {}
-        for key, value in flatten(self.raw).items():
-            if key == "overrides" and isinstance(value, list):
-                value = " ".join(map(str, value))
-            out[f"sweep.{key}"] = value if isinstance(value, str) else json.dumps(value, default=str)
-        out.update({"sweep.file": str(self.path.resolve()), "sweep.base_resolved": self.base,
-                    "sweep.cli_overrides": " ".join(self.cli_overrides), "sweep.seeds_resolved": json.dumps(self.seeds),
-                    "sweep.num_points": str(len(self.points)), "sweep.num_trials": str(self.num_trials),
-                    "sweep.storage_resolved": str(self.storage)})
-        return {k[:250]: v[:6000] for k, v in out.items()}
 
-    def trials(self) -> list[tuple[dict[str, Any], int]]:
-        return [(p, s) for p in self.points for s in self.seeds]
+def tune_trials(spec: SweepSpec) -> list[tuple[dict[str, Any], int]]:
+    """The (point, seed) trials Tune will run, in its order, from Tune's own variant generation: what
+    ``spec.search_algorithm()`` does, num_samples passes with one generator seeded by search_seed."""
+    import numpy as np
+    from ray.tune.search.variant_generator import generate_variants
+
+    param_space, random_state = spec.param_space(), np.random.default_rng(spec.search_seed)
+    trials = []
+    for _ in range(spec.num_samples or 1):
+        for _, resolved in generate_variants({"config": param_space}, constant_grid_search=True,
+                                             random_state=random_state):
+            config = resolved["config"]
+            trials.append(({key: config[key] for key in spec.swept_keys}, int(config["seed"])))
+    return trials
 
 
 def trial_tree(payload: dict[str, Any], point: dict[str, Any], seed: int, output_dir: str | Path,
@@ -257,8 +281,9 @@ def trial_run_name(sweep_name: str, point: dict[str, Any], seed: int) -> str:
 
 def _absolute_paths(tree: dict, base: Path | None = None) -> dict:
     base = base or Path.cwd()
+    flat = flatten_tree(tree)
     for key in PATH_KEYS:
-        value = get_dotted(tree, key)
+        value = flat.get(key)
         if isinstance(value, str) and value and not Path(value).is_absolute():
             set_dotted(tree, key, str((base / value).resolve()))
     return tree
@@ -353,7 +378,7 @@ def _overrides(path: Path, value: Any, where: str) -> tuple[list[str], dict]:
         tree = parse_overrides(items)
     else:
         raise ConfigError(f"{where}: expected a list of key=value strings, got {value!r}")
-    for key in flatten(tree):
+    for key in flatten_tree(tree):
         if key in OVERRIDE_FORBIDDEN:
             raise ConfigError(f"{where}: {key} is set by the sweep ({SPACE_FORBIDDEN[key]})")
     return items, tree
@@ -430,7 +455,7 @@ def load_sweep(path: str | os.PathLike, cli_overrides: list[str] | None = None, 
         raise ConfigError(f"{path}: base config + overrides: {err}") from None
 
     for dim in dimensions:
-        if dim.key in flatten(cli_tree):
+        if dim.key in flatten_tree(cli_tree):
             raise ConfigError(f"command-line overrides: {dim.key} is swept by {path}; drop the override")
 
     # search
@@ -449,17 +474,16 @@ def load_sweep(path: str | os.PathLike, cli_overrides: list[str] | None = None, 
             if dim.sampled(False):
                 raise ConfigError(f"{_where(path, 'space.' + dim.key)}: {dim.kind} needs "
                                   f"search: {{random: {{num_samples: N}}}}")
-
-    points = _expand(dimensions, random_search, num_samples or 1, search_seed)
-    if len(points) > MAX_POINTS:
-        raise ConfigError(f"{path}: space: {len(points)} points (more than {MAX_POINTS})")
+    num_points = math.prod(len(d.values) for d in dimensions if not d.sampled(random_search)) * (num_samples or 1)
+    if num_points > MAX_POINTS:
+        raise ConfigError(f"{path}: space: {num_points} points (more than {MAX_POINTS})")
     seeds = _seeds(path, raw.get("seeds"), base_cfg.seed)
 
     # tracking, storage, name
     name = name or raw.get("name") or path.stem
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
         raise ConfigError(f"{path}: name: use letters, digits, '.', '_' or '-' (got {name!r})")
-    storage_text = storage or raw.get("storage") or str(Path.cwd() / "runs" / "sweeps")
+    storage_text = storage or raw.get("storage") or str(default_storage())
     if not isinstance(storage_text, str):
         raise ConfigError(f"{path}: storage: expected a folder path, got {storage_text!r}")
     storage_path = Path(expand_env(storage_text, _where(path, "storage"))).expanduser()
@@ -467,8 +491,8 @@ def load_sweep(path: str | os.PathLike, cli_overrides: list[str] | None = None, 
     experiment = raw.get("experiment") or base_cfg.tracking.experiment
     if not isinstance(experiment, str):
         raise ConfigError(f"{path}: experiment: expected a name, got {experiment!r}")
-    uri = raw.get("tracking_uri") or base_cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
-    uri = expand_env(str(uri), _where(path, "tracking_uri")) if uri else f"sqlite:///{storage_path / 'mlflow.db'}"
+    uri = raw.get("tracking_uri") or base_cfg.tracking.tracking_uri
+    uri = absolute_uri(expand_env(str(uri), _where(path, "tracking_uri"))) if uri else default_tracking_uri()
 
     # metric, mode, scheduler, resources
     metric = raw.get("metric", "val_seg_type")
@@ -495,10 +519,12 @@ def load_sweep(path: str | os.PathLike, cli_overrides: list[str] | None = None, 
 
     spec = SweepSpec(path=path, raw=raw, name=name, base=base, overrides=file_items,
                      cli_overrides=cli_items, base_tree=base_tree, dimensions=dimensions, seeds=seeds,
-                     points=points, metric=metric, mode=mode, num_samples=num_samples, search_seed=search_seed,
+                     metric=metric, mode=mode, num_samples=num_samples, search_seed=search_seed,
                      workers=workers, cpus_per_worker=float(cpus), gpus_per_worker=float(gpus),
                      max_concurrent_trials=concurrent, max_failures=max_failures, storage=storage_path,
                      experiment=experiment, tracking_uri=uri)
+    _validate_dimensions(spec)
+    spec.trials = tune_trials(spec)
     max_epochs = _validate_trials(spec)
     spec.asha = _asha(path, raw.get("scheduler"), max_epochs)
     if check_data and not (base_cfg.distributed.ray_address or os.environ.get("RAY_ADDRESS")):
@@ -506,57 +532,34 @@ def load_sweep(path: str | os.PathLike, cli_overrides: list[str] | None = None, 
     return spec
 
 
-def _expand(dimensions: list[Dimension], random_search: bool, num_samples: int, seed: int) -> list[dict]:
-    """Grid keys (and choice keys without random search) expand to every combination; sampled keys
-    get one draw per sample, shared by that sample's grid combinations (and all its seeds)."""
-    grid = [d for d in dimensions if not d.sampled(random_search)]
-    rng = np.random.default_rng(seed)
-    points = []
-    combos = list(itertools.product(*(d.values for d in grid)))
-    for _ in range(num_samples if random_search else 1):
-        draw: dict[str, Any] = {}
-        for d in dimensions:
-            if not d.sampled(random_search):
-                continue
-            if d.kind == "choice":
-                draw[d.key] = d.values[int(rng.integers(len(d.values)))]
-            elif d.kind == "uniform":
-                draw[d.key] = float(rng.uniform(d.low, d.high))
-            else:
-                draw[d.key] = float(math.exp(rng.uniform(math.log(d.low), math.log(d.high))))
-        for combo in combos:
-            values = {**dict(zip((d.key for d in grid), combo)), **draw}
-            points.append({d.key: values[d.key] for d in dimensions})      # space order
-    return points
-
-
-def _validate_trials(spec: SweepSpec) -> int:
-    """Build every trial's config with the config loader; returns the largest optim.epochs."""
+def _build(spec: SweepSpec, point: dict, seed: int):
     payload = spec.payload(parent_run_id="validation")
-    out = spec.experiment_dir / "validation"
+    return config_from_dict(trial_tree(payload, point, seed, spec.experiment_dir / "validation", "validation"))
 
-    def build(point: dict, seed: int):
-        return config_from_dict(trial_tree(payload, point, seed, out, "validation"))
 
-    first = spec.points[0]
-    # one key at a time on the base config first, so the message names the value that is wrong
+def _validate_dimensions(spec: SweepSpec) -> None:
+    """One key at a time on the base config (grid/choice values; a range's bounds and middle), so the
+    message names the value that is wrong."""
     for dim in spec.dimensions:
         values = dim.values if dim.kind in ("grid", "choice") else [dim.low, dim.high, (dim.low + dim.high) / 2]
         for value in values:
             try:
-                build({dim.key: value}, spec.seeds[0])
+                _build(spec, {dim.key: value}, spec.seeds[0])
             except ConfigError as err:
                 raise ConfigError(f"{spec.path}: space.{dim.key} = {format_value(value)}: {err}") from None
+
+
+def _validate_trials(spec: SweepSpec) -> int:
+    """Every point Tune will run (with the first seed), then each other seed; returns the largest optim.epochs."""
     max_epochs = 1
     for point in spec.points:
         try:
-            cfg = build(point, spec.seeds[0])
+            max_epochs = max(max_epochs, _build(spec, point, spec.seeds[0]).optim.epochs)
         except ConfigError as err:
             raise ConfigError(f"{spec.path}: point {point_label(point)}: {err}") from None
-        max_epochs = max(max_epochs, cfg.optim.epochs)
     for seed in spec.seeds[1:]:
         try:
-            build(first, seed)
+            _build(spec, spec.points[0], seed)
         except ConfigError as err:
             raise ConfigError(f"{spec.path}: seeds: {seed}: {err}") from None
     return max_epochs
@@ -567,25 +570,11 @@ def _check_data(spec: SweepSpec) -> None:
     payload = spec.payload(parent_run_id="validation")
     seen: set[tuple[str, str]] = set()
     for point in spec.points:
-        tree = trial_tree(payload, point, spec.seeds[0], spec.experiment_dir, "validation")
-        for key in ("data.shards",) if get_dotted(tree, "data.shards") else ("data.annotations", "data.features"):
-            value = get_dotted(tree, key)
+        tree = flatten_tree(trial_tree(payload, point, spec.seeds[0], spec.experiment_dir, "validation"))
+        for key in ("data.shards",) if tree.get("data.shards") else ("data.annotations", "data.features"):
+            value = tree.get(key)
             if (key, value) in seen:
                 continue
             seen.add((key, value))
             if not Path(value).is_dir():
                 raise UserError(f"{spec.path}: {key}: folder not found: {value}")
-
-
-def describe(spec: SweepSpec) -> str:
-    lines = [f"sweep {spec.name}: {len(spec.points)} point(s) x {len(spec.seeds)} seed(s) = {spec.num_trials} trial(s)"]
-    for dim in spec.dimensions:
-        lines.append(f"  {dim.key}: {dim.describe()}")
-    lines.append(f"  seeds: {spec.seeds}; metric: {spec.metric} ({spec.mode})"
-                 + (f"; ASHA max_t={spec.asha.max_t} grace={spec.asha.grace_period}" if spec.asha else ""))
-    mode = "in-process" if spec.workers == 0 else f"{spec.workers} Ray Train worker(s)"
-    lines.append(f"  per trial: {mode}, {spec.cpus_per_worker:g} CPU per worker; "
-                 f"max concurrent: {spec.max_concurrent_trials or 'as resources allow'}")
-    lines.append(f"  storage: {spec.experiment_dir}")
-    lines.append(f"  MLflow: {spec.tracking_uri} (experiment {spec.experiment})")
-    return "\n".join(lines)

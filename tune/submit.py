@@ -336,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     address = args.address or os.environ.get("RAY_ADDRESS") or None
     cmd = build_command(ray_cli(), address, runtime_env, entrypoint, no_wait=args.no_wait,
                         submission_id=args.submission_id, settings=settings)
+    if "MLFLOW_TRACKING_URI" not in runtime_env.get("env_vars", {}):
+        print("note: MLFLOW_TRACKING_URI is not set: unless the recipe sets a tracking URI, the job logs to "
+              "sqlite:///<its working_dir>/runs/mlflow.db on the cluster, which goes away with the job's files",
+              file=sys.stderr)
     print(shlex.join(cmd), flush=True)
     if args.dry_run:
         return 0

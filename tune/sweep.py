@@ -4,14 +4,18 @@
 
 The sweep file (schema in tune/spaces.py) names a base training config, a space of config keys
 (grid / choice / uniform / loguniform), seeds, the metric and optionally ASHA and random search.
-The whole file is validated first (every trial's config goes through the config loader): a bad key
-or value is one error line and exit code 2, before Ray starts.
+They become Tune's own param_space (tune.grid_search, tune.choice, tune.uniform, tune.loguniform;
+the seeds a grid dimension) and BasicVariantGenerator (num_samples, seeded). The whole file is
+validated first (every trial's config goes through the config loader): a bad key or value is one
+error line and exit code 2, before Ray starts. ``--dry-run`` lists the trials Tune will run.
 
 Every trial calls ``distributed.train.train`` with base + overrides + its point + its seed; its
 MLflow run is a child of ONE parent run for the sweep (params: the sweep file flattened, tag
-``ppl_avvp.sweep=<name>``). Trials report each epoch's metrics to Tune. In-process trials
-(``resources_per_trial.workers: 0``) report them after ``train()`` returns (the training loop has no
-per-epoch hook yet), so ASHA ranks them but cannot cut them short.
+``ppl_avvp.sweep=<name>``), in the store every command shares unless the file names another
+(``$MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/runs/mlflow.db``). Trials report each epoch's
+metrics to Tune: in-process trials (``resources_per_trial.workers: 0``) as each epoch ends, so ASHA
+can stop them early; trials on their own Ray Train workers after ``train()`` returns, so ASHA ranks
+them but cannot cut them short.
 
 State lives in ``<storage>/<name>/``: Tune's experiment, ``sweep_state.json`` (parent run id, MLflow
 URI, fingerprint of the trials), one folder per trial (``.../<trial>/train`` is the run's
@@ -33,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from distributed.common.commandline import run_command
+from distributed.common.config import flatten_tree
 from distributed.common.errors import UserError
+from distributed.runtime.tracking import experiment_id, mlflow_client
 from tune.compare import STATE_FILE, read_state, run_compare, sweep_child_runs
-from tune.spaces import SweepSpec, describe, load_sweep, point_label, trial_run_name, trial_tree
+from tune.spaces import SweepSpec, load_sweep, point_label, trial_run_name, trial_tree
 
 
 def parse_args(argv):
@@ -49,33 +55,51 @@ def parse_args(argv):
     parser.add_argument("--storage", help="sweeps folder (default: the file's storage:, else <cwd>/runs/sweeps)")
     parser.add_argument("--name", help="sweep name (default: the file's name:, else its stem)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the base training config")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)   # overrides may follow flags
 
 
 # ---------------------------------------------------------------------------------------------
 # MLflow parent run + state file (driver side)
 # ---------------------------------------------------------------------------------------------
 
-def _artifact_location(uri: str, experiment_dir: Path) -> str | None:
-    """Artifacts beside a sqlite store (MLflow's default would be ./mlruns under whatever cwd)."""
-    if uri.startswith("sqlite:///"):
-        return str(Path(uri[len("sqlite:///"):]).resolve().parent / "mlartifacts")
-    return None
+def describe(spec: SweepSpec) -> str:
+    """What --dry-run and a start print: the trials' count, each dimension and its Tune object, where things go."""
+    lines = [f"sweep {spec.name}: {len(spec.points)} point(s) x {len(spec.seeds)} seed(s) = {spec.num_trials} trial(s)"]
+    if spec.random_search:
+        lines.append(f"  random search: {spec.num_samples} sample(s) x {len(spec.points) // spec.num_samples} "
+                     f"grid combination(s); Tune's variant generator seeded {spec.search_seed}")
+    lines += [f"  {dim.key}: {dim.describe(spec.random_search)}" for dim in spec.dimensions]
+    lines.append(f"  seeds: {spec.seeds} (tune.grid_search); metric: {spec.metric} ({spec.mode})"
+                 + (f"; ASHA max_t={spec.asha.max_t} grace={spec.asha.grace_period}" if spec.asha else ""))
+    mode = "in-process" if spec.workers == 0 else f"{spec.workers} Ray Train worker(s)"
+    lines.append(f"  per trial: {mode}, {spec.cpus_per_worker:g} CPU per worker; "
+                 f"max concurrent: {spec.max_concurrent_trials or 'as resources allow'}")
+    lines.append(f"  storage: {spec.experiment_dir}")
+    lines.append(f"  MLflow: {spec.tracking_uri} (experiment {spec.experiment})")
+    return "\n".join(lines)
 
 
-def _client(uri: str):
-    from mlflow import MlflowClient
-
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+def parent_params(spec: SweepSpec) -> dict[str, str]:
+    """The sweep file flattened (one param per swept key) plus what it resolved to: the parent run's params."""
+    flat = flatten_tree({k: v for k, v in spec.raw.items() if k != "space"})
+    flat.update({f"space.{key}": value for key, value in spec.raw["space"].items()})
+    out: dict[str, str] = {}
+    for key, value in flat.items():
+        if key == "overrides" and isinstance(value, list):
+            value = " ".join(map(str, value))
+        out[f"sweep.{key}"] = value if isinstance(value, str) else json.dumps(value, default=str)
+    out.update({"sweep.file": str(spec.path.resolve()), "sweep.base_resolved": spec.base,
+                "sweep.cli_overrides": " ".join(spec.cli_overrides), "sweep.seeds_resolved": json.dumps(spec.seeds),
+                "sweep.num_points": str(len(spec.points)), "sweep.num_trials": str(spec.num_trials),
+                "sweep.storage_resolved": str(spec.storage)})
+    return {k[:250]: v[:6000] for k, v in out.items()}
 
 
 def ensure_parent_run(spec: SweepSpec, state: dict | None) -> str:
     """Create the experiment and the sweep's parent run (or reuse the one in sweep_state.json)."""
     from mlflow.entities import Param
 
-    client = _client(spec.tracking_uri)
+    client = mlflow_client(spec.tracking_uri)
     if state:
         run_id = state["parent_run_id"]
         try:
@@ -85,26 +109,18 @@ def ensure_parent_run(spec: SweepSpec, state: dict | None) -> str:
                             f"{spec.tracking_uri} ({str(err).splitlines()[0]})") from None
         client.update_run(run_id, status="RUNNING")
         return run_id
-    experiment = client.get_experiment_by_name(spec.experiment)
-    if experiment is None:
-        experiment_id = client.create_experiment(
-            spec.experiment, artifact_location=_artifact_location(spec.tracking_uri, spec.experiment_dir))
-    elif experiment.lifecycle_stage != "active":
-        raise UserError(f"MLflow experiment {spec.experiment!r} is deleted in {spec.tracking_uri}; "
-                        f"restore it or set experiment: in the sweep file")
-    else:
-        experiment_id = experiment.experiment_id
+    mlflow_experiment_id = experiment_id(client, spec.experiment)
     tags = {"ppl_avvp.sweep": spec.name, "ppl_avvp.role": "sweep",
             "ppl_avvp.swept_keys": ",".join(spec.swept_keys), "ppl_avvp.storage": str(spec.experiment_dir)}
-    run = client.create_run(experiment_id, run_name=f"sweep {spec.name}", tags=tags)
+    run = client.create_run(mlflow_experiment_id, run_name=f"sweep {spec.name}", tags=tags)
     run_id = run.info.run_id
-    params = [Param(k, v) for k, v in spec.params().items()]
+    params = [Param(k, v) for k, v in parent_params(spec).items()]
     for i in range(0, len(params), 90):
         client.log_batch(run_id, params=params[i:i + 90])
     client.log_artifact(run_id, str(spec.path))
     spec.experiment_dir.mkdir(parents=True, exist_ok=True)
     state = {"name": spec.name, "parent_run_id": run_id, "tracking_uri": spec.tracking_uri,
-             "experiment": spec.experiment, "experiment_id": experiment_id, "fingerprint": spec.fingerprint(),
+             "experiment": spec.experiment, "experiment_id": mlflow_experiment_id, "fingerprint": spec.fingerprint(),
              "sweep_file": str(spec.path), "num_trials": spec.num_trials, "swept_keys": spec.swept_keys,
              "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     tmp = spec.experiment_dir / f".{STATE_FILE}.tmp"
@@ -165,21 +181,20 @@ def _tag_runs(client, payload: dict, output_dir: Path, trial_id: str, point: dic
 
 
 def run_trial(config: dict[str, Any], payload: dict[str, Any] | None = None) -> None:
-    """Tune function trainable: one training run for (point, seed)."""
-    from mlflow import MlflowClient
+    """Tune function trainable: one training run for the (point, seed) Tune resolved from the param_space."""
     from ray import tune as raytune
 
     from distributed.common.config import config_from_dict
     from distributed.runtime.loop import RESULTS_FILE
     from distributed.train import train
 
-    point, seed = dict(config["point"]), int(config["seed"])
+    point, seed = {key: config[key] for key in payload["swept_keys"]}, int(config["seed"])
     context = raytune.get_context()
     trial_dir = Path(payload["experiment_dir"]) / context.get_trial_name()
     output_dir = trial_dir / "train"
     cfg = config_from_dict(trial_tree(payload, point, seed, output_dir,
                                       trial_run_name(payload["name"], point, seed)))
-    client = MlflowClient(tracking_uri=payload["tracking_uri"])
+    client = mlflow_client(payload["tracking_uri"])
     reporter = EpochReporter(raytune.report, cfg.optim.epochs)
     results_file = output_dir / RESULTS_FILE
     if results_file.is_file() and _runs_of(client, payload, output_dir, status="FINISHED"):
@@ -193,7 +208,8 @@ def run_trial(config: dict[str, Any], payload: dict[str, Any] | None = None) -> 
         client.set_terminated(stale.info.run_id, "KILLED")
 
     # in-process trials report every epoch live (ASHA can stop them early)
-    results = train(cfg, on_epoch=reporter.epoch if cfg.distributed.num_workers == 0 else None)
+    # a retried or restored trial continues its own run (same output_dir, same fingerprint)
+    results = train(cfg, resume=True, on_epoch=reporter.epoch if cfg.distributed.num_workers == 0 else None)
     _tag_runs(client, payload, output_dir, context.get_trial_id(), point)
     reporter.finish(results)
 
@@ -204,7 +220,8 @@ def _slug(point: dict[str, Any], seed: int) -> str:
 
 def trial_name(trial) -> str:
     """Tune trial name (also the trial's folder name): <trial id>_<point>,seed=<s>."""
-    return f"{trial.trial_id}_{_slug(trial.config['point'], trial.config['seed'])}"
+    point = {key: value for key, value in trial.config.items() if key != "seed"}
+    return f"{trial.trial_id}_{_slug(point, trial.config['seed'])}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -266,12 +283,11 @@ def build_tuner(spec: SweepSpec, parent_run_id: str, restore: bool):
                                             reduction_factor=spec.asha.reduction_factor, stop_last_trials=False)
     return raytune.Tuner(
         trainable,
-        # points are expanded (and random ones drawn) by tune.spaces, so Tune runs a plain grid of
-        # point x seed; num_samples=1
-        param_space={"point": raytune.grid_search(spec.points), "seed": raytune.grid_search(spec.seeds)},
-        # search_alg: Tune's BasicVariantGenerator (the default), limited to max_concurrent_trials
+        param_space=spec.param_space(),
+        # the concurrency limit lives in the search algorithm (Tune ignores max_concurrent_trials beside one)
         tune_config=raytune.TuneConfig(metric=spec.metric, mode=spec.mode, scheduler=scheduler,
-                                       search_alg=None, max_concurrent_trials=concurrent, num_samples=1,
+                                       search_alg=spec.search_algorithm(max_concurrent=concurrent or 0),
+                                       num_samples=spec.num_samples or 1,
                                        trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=raytune.RunConfig(name=spec.name, storage_path=str(spec.storage), verbose=1,
                                      failure_config=raytune.FailureConfig(max_failures=spec.max_failures)),
@@ -289,7 +305,7 @@ def main(argv=None) -> int:
     spec = load_sweep(args.config, args.overrides, storage=args.storage, name=args.name)
     print(describe(spec), flush=True)
     if args.dry_run:
-        for point, seed in spec.trials():
+        for point, seed in spec.trials:
             print(f"  trial: {point_label(point, seed)}")
         return 0
 
@@ -309,9 +325,7 @@ def main(argv=None) -> int:
     parent_run_id = ensure_parent_run(spec, state)
     print(f"MLflow parent run {parent_run_id} ({spec.tracking_uri}, experiment {spec.experiment})", flush=True)
 
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri=spec.tracking_uri)
+    client = mlflow_client(spec.tracking_uri)
     started_ray = _init_ray(spec)
     status, errors, unfinished, finished = "FAILED", [], 0, 0
     try:

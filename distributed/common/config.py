@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 import difflib
+import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -66,7 +69,7 @@ class DistributedConfig:
 @dataclass
 class TrackingConfig:
     mlflow: bool = True
-    tracking_uri: str = ""                # "" = $MLFLOW_TRACKING_URI or sqlite:///<output_dir>/../mlflow.db
+    tracking_uri: str = ""                # "" = $MLFLOW_TRACKING_URI or sqlite:///<cwd>/runs/mlflow.db
     experiment: str = "ppl-avvp"
     run_name: str = ""
     parent_run_id: str = ""               # set by sweeps
@@ -92,11 +95,19 @@ class RunConfig:
         except ValueError as err:
             raise ConfigError(str(err)) from None
         d, o, dist = self.data, self.optim, self.distributed
+        for prefix, section in (("data", d), ("optim", o), ("distributed", dist)):
+            for key, value in vars(section).items():
+                _require(not isinstance(value, float) or float("-inf") < value < float("inf"),
+                         f"{prefix}.{key}", f"must be a finite number, got {value!r}")
+        _require(isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed", "must be an integer in [0, 2**63)")
         _require(d.batch_size >= 1, "data.batch_size", "must be >= 1")
         _require(d.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
         _require(d.loader_workers >= 0, "data.loader_workers", "must be >= 0")
         _require(d.limit_train >= 0, "data.limit_train", "must be >= 0")
         _require(o.lr > 0, "optim.lr", "must be > 0")
+        _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
+        _require(o.lr * o.weight_decay < 1, "optim.weight_decay",
+                 f"optim.lr * optim.weight_decay must be < 1 (AdamW would flip the weights' sign every step)")
         _require(o.epochs >= 1, "optim.epochs", "must be >= 1")
         _require(o.lr_step_epochs >= 1, "optim.lr_step_epochs", "must be >= 1")
         _require(0 < o.lr_gamma <= 1, "optim.lr_gamma", "must be in (0, 1]")
@@ -106,6 +117,7 @@ class RunConfig:
         _require(dist.zero_stage in (0, 1, 2), "distributed.zero_stage",
                  "must be 0, 1 or 2 (ZeRO-3 partitions the weights the EMA encoder reads)")
         _require(dist.max_failures >= 0, "distributed.max_failures", "must be >= 0")
+        _require(dist.checkpoint_every_steps >= 0, "distributed.checkpoint_every_steps", "must be >= 0")
         _require(dist.precision != "fp16" or dist.use_gpu, "distributed.precision",
                  "fp16 needs GPUs (use fp32 or bf16 on CPU)")
         _require(dist.precision == "fp32" or dist.engine == "deepspeed", "distributed.precision",
@@ -121,7 +133,7 @@ class RunConfig:
 
     def flatten(self) -> dict[str, Any]:
         """Dotted keys -> values, for MLflow params."""
-        return dict(_flatten(self.to_dict()))
+        return flatten_tree(self.to_dict())
 
     @property
     def world_size(self) -> int:
@@ -133,12 +145,15 @@ def _require(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"{key}: {msg}")
 
 
-def _flatten(tree: dict, prefix: str = ""):
+def flatten_tree(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested sections -> {dotted key: value}, the inverse of set_dotted."""
+    out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            yield from _flatten(value, f"{prefix}{key}.")
+            out.update(flatten_tree(value, f"{prefix}{key}."))
         else:
-            yield f"{prefix}{key}", value
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -170,14 +185,24 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif annotation is float:
+        if isinstance(value, str) and _DECIMAL.fullmatch(value.strip()):
+            value = float(value)          # YAML 1.1 reads 1e-3 and 3e-4 (no dot) as strings
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:
+                raise ConfigError(f"{key}: must be a finite number, got an integer of {len(str(value))} digits") from None
     elif annotation is str:
+        if isinstance(value, (datetime.date, datetime.time)):
+            return value.isoformat()      # name: 2024-01-01 is a date to YAML
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     else:
         return value
     raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+
+
+_DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def _build(cls, tree: dict, prefix: str):
@@ -258,6 +283,16 @@ def config_from_dict(tree: dict) -> RunConfig:
     return _build(RunConfig, tree, "").validate()
 
 
+def model_config_from_dict(tree: Any) -> NetworkConfig:
+    """A ``model`` section alone (e.g. a checkpoint's) -> validated NetworkConfig, keys named as in a run config."""
+    network = _build(NetworkConfig, tree, "model.")
+    try:
+        network.validate("model")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return network
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
     """YAML file (or a built-in preset name such as ``ppl`` or ``base``) + overrides -> validated RunConfig."""
     tree = read_yaml(path) if path else {}
@@ -265,4 +300,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    """Written beside and renamed into place: a crash never leaves half a config.yaml."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    os.replace(tmp, path)

@@ -53,6 +53,17 @@ def init_ray(cfg: RunConfig) -> None:
                  num_cpus=max(os.cpu_count() or 1, int(cfg.world_size * cfg.distributed.cpus_per_worker) + 1))
 
 
+def with_absolute_paths(tree: dict) -> dict:
+    """Paths resolved against the driver's working directory (Ray Train workers run in folders of their own)."""
+    tree = {**tree, "data": dict(tree["data"]), "distributed": dict(tree["distributed"])}
+    tree["output_dir"] = str(Path(tree["output_dir"]).resolve())
+    for section, key in (("data", "annotations"), ("data", "features"), ("data", "shards"),
+                         ("distributed", "deepspeed_config")):
+        if tree[section][key]:
+            tree[section][key] = str(Path(tree[section][key]).resolve())
+    return tree
+
+
 def fit_with_ray(cfg: RunConfig, loop_config: dict, callbacks: list | None = None):
     """Ray Train: TorchTrainer with our worker loop, FailureConfig restarts from the latest checkpoint.
 
@@ -66,7 +77,7 @@ def fit_with_ray(cfg: RunConfig, loop_config: dict, callbacks: list | None = Non
     output_dir = Path(cfg.output_dir).resolve()
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={**loop_config, "in_ray": True},
+        train_loop_config={**loop_config, "config": with_absolute_paths(loop_config["config"]), "in_ray": True},
         torch_config=TorchConfig(backend="nccl" if dist_cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=dist_cfg.num_workers, use_gpu=dist_cfg.use_gpu,
                                      resources_per_worker={"CPU": dist_cfg.cpus_per_worker}),
