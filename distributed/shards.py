@@ -3,7 +3,7 @@
     ppl-avvp shard --features DIR --annotations DIR --split train --out DIR [--num-shards N]
     ppl-avvp shard verify DIR [--deep]
 
-The writer, the manifest and the reader are ``distributed.data.shards``.
+The writer, the manifest and integrity check, and the reader are the ``distributed.data.shards`` package.
 """
 from __future__ import annotations
 
@@ -73,5 +73,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from distributed.cli import run_command
-    sys.exit(run_command(main))
+    sys.exit(run_command(main, prog="ppl-avvp shard"))

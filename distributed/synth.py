@@ -3,7 +3,8 @@
     ppl-avvp synth --out DIR [--annotations LLP_DIR] [--train N --val N --test N] [--seed S]
                    [--frames-per-segment 8] [--pool] [--signal X --noise X --context X] [--overwrite]
 
-The generator (label, layout and feature models) is ``distributed.data.synth``.
+The generator is ``distributed.data.synth`` (label and layout models: ``data.synth_labels``, feature
+model: ``data.synth_features``).
 """
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from collections.abc import Sequence
 
 from distributed.common.commandline import OneLineParser, int_at_least, run_command
 from distributed.data.features import FeatureSpec
-from distributed.data.synth import SynthParams, generate
+from distributed.data.synth import generate
+from distributed.data.synth_features import SynthParams
 
 _count = int_at_least(0, "a number of videos >= 0 or 'all'", allow_all=True)
 _positive_int = int_at_least(1, "a positive integer")
@@ -60,4 +62,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_command(main))
+    sys.exit(run_command(main, prog="ppl-avvp synth"))

@@ -158,6 +158,19 @@ def test_non_finite(feature_dir, bad):
     assert "NaN or inf" in _one_line_error(exc, path)
 
 
+def test_float64_values_beyond_float32_are_refused_after_the_cast(feature_dir):
+    root, arrays = feature_dir
+    path = feature_path(root, IDS[0], "visual_3d")
+    arr = arrays[IDS[0]]["visual_3d"].astype(np.float64)
+    arr[3, 2] = 1e300                                      # finite in float64, inf in float32
+    np.save(path, arr)
+    for read in (lambda: read_video_features(root, IDS[0]), lambda: load_features(root, IDS, num_threads=2)):
+        with pytest.raises(DataError) as exc:
+            read()
+        msg = _one_line_error(exc, path)
+        assert "1 non-finite value(s)" in msg and "float32" in msg
+
+
 @pytest.mark.parametrize("dtype", [np.int64, np.uint8, np.bool_, np.complex64])
 def test_non_float_dtype(feature_dir, dtype):
     root, _ = feature_dir

@@ -10,21 +10,28 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
+import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 
-from distributed.cli import run_command
+from distributed.common.commandline import run_command
 from distributed.common.errors import DataError, UserError
+from distributed.common.fsutil import HOST_TAG, temp_sibling_name
+from distributed.data.arrays import eval_batches, load_array_split
 from distributed.data.features import FeatureSpec, read_video_features
 from distributed.data.llp import LLP_CLASSES, load_split
 from distributed.data.shards import (
     check_key, eval_assignment, load_manifest, make_eval_loader, make_train_loader,
-    max_eval_batches, train_batches_per_epoch, verify_shards, write_shards,
+    train_batches_per_epoch, verify_shards, write_shards,
 )
 from distributed.shards import main
 
@@ -333,7 +340,7 @@ def test_rank_and_world_size_come_from_arguments_not_the_environment(train_shard
 @pytest.mark.parametrize("world,num_workers", [(1, 0), (2, 2), (4, 0), (5, 2), (25, 0)])
 def test_eval_scores_every_video_exactly_once_over_ranks(val_shards: Path, world, num_workers):
     bs = 4
-    pad = max_eval_batches(val_shards, bs, world)
+    largest_share = math.ceil(21 / world)          # rank shares are floor or ceil of N / world
     seen, counts = [], []
     for r in range(world):
         share = eval_assignment(val_shards, r, world)
@@ -342,11 +349,67 @@ def test_eval_scores_every_video_exactly_once_over_ranks(val_shards: Path, world
         assert sorted(ids) == sorted(share.video_ids) and len(ids) == share.num_samples
         counts.append(loader.stats["batches"])
         seen += ids
-        padded = list(make_eval_loader(val_shards, bs, r, world, num_workers=num_workers, pad_to=pad))
-        assert len(padded) == pad
-        assert sorted(sum((list(b["video_id"]) for b in padded if b["valid"].all()), [])) == sorted(ids)
     assert sorted(seen) == sorted(_vid(i) for i in range(1000, 1021))
-    assert max(counts) == pad and max(counts) - min(counts) <= 1
+    assert max(counts) == math.ceil(largest_share / bs) and max(counts) - min(counts) <= 1
+
+
+def _gathered_in_split_order(batches) -> dict:
+    """Every rank's eval batches concatenated, then sorted by split_row (what the loop's gather does)."""
+    order = torch.argsort(torch.cat([b["split_row"] for b in batches]))
+    ids = sum((list(b["video_id"]) for b in batches), [])
+    out = {key: torch.cat([b[key] for b in batches])[order]
+           for key in ("split_row", "audio", "visual_2d", "visual_3d", "weak_labels")}
+    return {**out, "video_id": [ids[i] for i in order.tolist()]}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_eval_batches_sorted_by_split_row_are_the_split_in_csv_order_for_any_world_size(
+        data: Path, val_shards: Path, num_workers):
+    ann = load_split(data / "annotations", "val")
+    assert eval_assignment(val_shards, 0, 1).video_ids != tuple(ann.video_ids)   # shards are shuffled
+    want = {key: np.stack([read_video_features(data / "features", v, SPEC)[key] for v in ann.video_ids])
+            for key in ("audio", "visual_2d", "visual_3d")}
+    first = None
+    for world in (1, 2, 3):
+        got = _gathered_in_split_order([b for r in range(world) for b in
+                                        make_eval_loader(val_shards, 4, r, world, num_workers=num_workers)])
+        assert got["split_row"].dtype == torch.int64 and got["split_row"].tolist() == list(range(len(ann)))
+        assert got["video_id"] == ann.video_ids
+        np.testing.assert_array_equal(got["weak_labels"].numpy(), ann.weak_labels)
+        for key, value in want.items():
+            np.testing.assert_allclose(got[key].numpy(), value, rtol=F16_RTOL, atol=F16_ATOL)
+        first = first or got
+        for key in ("audio", "visual_2d", "visual_3d"):
+            assert torch.equal(got[key], first[key])                     # bit-identical for every world size
+    train = next(iter(make_train_loader(val_shards, 4, 0, 1)))
+    assert train["split_row"].shape == (4,) and train["split_row"].dtype == torch.int64
+    assert [ann.video_ids[i] for i in train["split_row"].tolist()] == train["video_id"]
+
+
+def test_array_eval_batches_sorted_by_split_row_are_the_split_in_csv_order(data: Path):
+    split = load_array_split(str(data / "annotations"), str(data / "features"), "val", SPEC)
+    ann = load_split(data / "annotations", "val")
+    for world in (1, 2, 3):
+        got = _gathered_in_split_order([b for r in range(world) for b in eval_batches(split, 4, r, world)])
+        assert got["split_row"].tolist() == list(range(len(ann))) and got["video_id"] == ann.video_ids
+        for key in ("audio", "visual_2d", "visual_3d"):
+            np.testing.assert_array_equal(got[key].numpy(), split.tensors[key].numpy())
+
+
+def test_shards_without_split_row_fall_back_to_the_manifest_order(val_shards: Path, tmp_path: Path):
+    shards = _copy(val_shards, tmp_path)
+
+    def drop_split_row(samples):
+        for s in samples:
+            s["json"] = json.dumps({k: v for k, v in json.loads(s["json"]).items() if k != "split_row"}).encode()
+        return samples
+
+    for index in range(load_manifest(shards)["num_shards"]):
+        _rewrite_shard(shards, index, drop_split_row)
+    manifest_order = list(eval_assignment(shards, 0, 1).video_ids)
+    for world in (1, 3):
+        got = _gathered_in_split_order([b for r in range(world) for b in make_eval_loader(shards, 4, r, world)])
+        assert got["split_row"].tolist() == list(range(21)) and got["video_id"] == manifest_order
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,13 +509,79 @@ def test_skip_bad_samples_keeps_batch_counts_and_counts_what_it_skipped(train_sh
     assert total_skipped == total_invalid <= 2
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_renamed_sample_keys_are_refused_by_the_training_loader_and_verify(train_shards: Path, tmp_path: Path):
+    shards = _copy(train_shards, tmp_path)
+
+    def rename(samples):
+        samples[2]["__key__"] = "renamed-key"
+        return samples
+
+    name = _rewrite_shard(shards, 0, rename)          # manifest sha256 updated: only the keys differ
+    path = shards / name
+    for workers in (0, 2):
+        with pytest.raises(DataError) as err:
+            list(make_train_loader(shards, 2, 0, 1, num_workers=workers, shuffle=False))
+        msg = str(err.value)
+        assert "\n" not in msg and str(path) in msg and "'renamed-key'" in msg and "keys.json" in msg
+    with pytest.raises(DataError, match="renamed-key"):
+        list(make_eval_loader(shards, 4, 0, 1))
+    problems = verify_shards(shards, deep=True)
+    assert len(problems) == 1 and problems[0].startswith(str(path)) and "renamed-key" in problems[0]
+    # with skip_bad_samples the rest of that shard counts as bad, and the epoch keeps its length
+    loader = make_train_loader(shards, 2, 0, 1, shuffle=False, skip_bad_samples=True)
+    assert len(list(loader)) == 25 and loader.stats["skipped"] == 4
+
+
+def test_iterating_a_worker_loader_leaves_the_global_torch_rng_alone(train_shards: Path):
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    loader = make_train_loader(train_shards, 4, 0, 1, num_workers=2, epoch=1, seed=5)
+    first = _ids(loader)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert _ids(make_train_loader(train_shards, 4, 0, 1, num_workers=2, epoch=1, seed=5)) == first
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_rerun_removes_stale_temporaries_of_dead_writers_only(data: Path, tmp_path: Path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    out, dead = tmp_path / "val", child.pid
+    child.wait()
+    stale = [temp_sibling_name(out, "tmp", dead),                   # a `kill -9`ed writer of this host
+             tmp_path / f".val.tmp-{dead}-0badc0de",                # ... as earlier versions named it
+             tmp_path / f".val.synth-tmp-{dead}"]
+    other_host = "0" * 8 if HOST_TAG != "0" * 8 else "1" * 8
+    kept = [temp_sibling_name(out, "tmp", os.getpid()),             # a live writer's
+            tmp_path / f".val.tmp-{dead}-{other_host}-12345678",    # another machine's (shared disk)
+            tmp_path / ".other.tmp-1-2"]                            # not a temporary of this output
+    for folder in stale + kept:
+        folder.mkdir()
+        (folder / "part.tar").write_bytes(b"x")
+    write_shards(data / "features", data / "annotations", "val", out, num_shards=3, spec=SPEC)
+    assert not any(p.exists() for p in stale)
+    assert all((p / "part.tar").is_file() for p in kept)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["val"] + [p.name for p in kept])
+
+
+def test_out_that_is_a_file_or_under_one_is_exit_2_one_line(data: Path, tmp_path: Path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    for out in (a_file, a_file / "x", a_file / "x" / "y"):
+        argv = ["--features", str(data / "features"), "--annotations", str(data / "annotations"),
+                "--split", "val", "--out", str(out)]
+        assert run_command(main, argv, prog="ppl-avvp shard") == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("ppl-avvp shard: error:") and str(out) in err[0], err
+    assert a_file.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 # ---------------------------------------------------------------------------------------------
 # the real synthetic generator, end to end
 # ---------------------------------------------------------------------------------------------
 
 def test_synthetic_llp_dataset_shards_and_reads_back(tmp_path: Path):
-    synth = pytest.importorskip("distributed.synth")
-    synth.generate(tmp_path / "syn", n_train=24, n_val=10, n_test=4, seed=0)
+    from distributed.data.synth import generate
+    generate(tmp_path / "syn", n_train=24, n_val=10, n_test=4, seed=0)
     out = tmp_path / "val"
     assert run_command(main, ["--features", str(tmp_path / "syn" / "features"), "--annotations",
                               str(tmp_path / "syn" / "annotations"), "--split", "val", "--out", str(out),

@@ -6,17 +6,23 @@ import functools
 import json
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from distributed import cli
-from distributed.data import synth
 from distributed.common.errors import UserError
+from distributed.common.fsutil import temp_sibling_name
+from distributed.data import synth, synth_features
 from distributed.data.features import FEATURE_KEYS, FeatureSpec, feature_path, load_features, read_video_features
 from distributed.data.llp import (DENSE_AUDIO_FILE, DENSE_VISUAL_FILE, FEATURE_DIRS, LLP_CLASSES, SPLIT_FILES,
-                             TRAIN_DENSE_AUDIO_FILE, TRAIN_DENSE_VISUAL_FILE, load_split, video_id)
+                                  TRAIN_DENSE_AUDIO_FILE, TRAIN_DENSE_VISUAL_FILE, load_split, video_id)
+from distributed.data.llp_stats import CODED_LLP_STATS, llp_statistics
+from distributed.data.shards import make_eval_loader
+from distributed.shards import main as shard_main
 
 LLP_DIR = os.environ.get("PPL_AVVP_LLP_DIR")
 needs_llp = pytest.mark.skipif(not LLP_DIR, reason="PPL_AVVP_LLP_DIR (real LLP annotations) not set")
@@ -183,6 +189,35 @@ def test_pool_equals_pooled_frames(dataset, tmp_path):
             == _files(out)["annotations/AVVP_train_dense_audio.csv"])
 
 
+def test_pooled_output_is_read_like_the_pooled_frames_by_every_reader(dataset, tmp_path):
+    """`synth --pool` (res152 stored (T, 2048)) read with the default (8-frame) spec, as training and
+    `ppl-avvp shard` do: load_features, read_video_features and the shard writer give the numbers of
+    the unpooled files pooled on read."""
+    out, _ = dataset
+    pooled = tmp_path / "pooled"
+    _gen(pooled, pool=True)
+    ids = [video_id(r[0]) for r in _tsv(out / "annotations" / "AVVP_val_pd.csv")[1:]]
+    assert np.load(feature_path(pooled / "features", ids[0], "visual_2d")).shape == (10, 2048)
+    a = load_features(pooled / "features", ids)
+    b = load_features(out / "features", ids)
+    for key in FEATURE_KEYS:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6)
+    one = read_video_features(pooled / "features", ids[1])
+    np.testing.assert_allclose(one["visual_2d"], b["visual_2d"][1], rtol=1e-6, atol=1e-6)
+    shards = {}
+    for name, root in (("pooled", pooled), ("frames", out)):
+        shards[name] = tmp_path / f"shards-{name}"
+        assert shard_main(["--features", str(root / "features"), "--annotations", str(root / "annotations"),
+                           "--split", "val", "--out", str(shards[name]), "--dtype", "float32"]) == 0
+    got = {name: {vid: {k: batch[k][i].numpy() for k in FEATURE_KEYS}
+                  for batch in make_eval_loader(path, 2, 0, 1) for i, vid in enumerate(batch["video_id"])}
+           for name, path in shards.items()}
+    assert sorted(got["pooled"]) == sorted(got["frames"]) == sorted(ids)
+    for vid in ids:
+        for key in FEATURE_KEYS:
+            np.testing.assert_allclose(got["pooled"][vid][key], got["frames"][vid][key], rtol=1e-6, atol=1e-6)
+
+
 def test_frames_per_segment_option(tmp_path):
     out = tmp_path / "f2"
     _gen(out, n_train=1, n_val=0, n_test=0, spec=FeatureSpec(frames_per_segment=2))
@@ -195,14 +230,15 @@ def test_frames_per_segment_option(tmp_path):
 # -------------------------------------------------------------------------------- feature model
 
 @functools.lru_cache(maxsize=1)
-def _world() -> "synth._World":
-    return synth._World(0, FeatureSpec(), 25)
+def _world() -> synth_features.World:
+    return synth_features.World(0, FeatureSpec(), 25)
 
 
 def _features_for(audio, visual, seed=0):
     world = _world()
     rng = np.random.default_rng(seed)
-    return synth._video_features(world, rng, audio, visual, FeatureSpec(), synth.SynthParams(), 8, True)
+    return synth_features.video_features(world, rng, audio, visual, FeatureSpec(), synth_features.SynthParams(),
+                                         8, True)
 
 
 def test_audio_carries_only_audio_events_and_visual_only_visual():
@@ -238,11 +274,11 @@ def test_event_seconds_stand_out():
 
 @needs_llp
 def test_coded_statistics_are_llp_facts():
-    assert synth.llp_statistics(LLP_DIR) == synth.CODED_LLP_STATS
+    assert llp_statistics(LLP_DIR) == CODED_LLP_STATS
 
 
 def test_coded_statistics_are_consistent():
-    s = synth.CODED_LLP_STATS
+    s = CODED_LLP_STATS
     assert sum(n for _, n in s.train_label_sets) == 10000
     assert sum(s.eval_label_set_sizes) == 649 + 1200
     assert len(s.modality_counts) == len(LLP_CLASSES)
@@ -361,6 +397,30 @@ def test_cli_writes_and_overwrites(tmp_path, capsys):
     assert code == 0 and _files(target) != first
     assert json.loads((target / "synth.json").read_text())["seed"] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o"]
+
+
+def test_out_that_is_a_file_or_under_one_is_exit_2_one_line(tmp_path, capsys):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("keep")
+    for target in (a_file, a_file / "x", a_file / "x" / "y"):
+        code, out, err = _cli(capsys, "--out", str(target), "--train", "1", "--val", "0", "--test", "0")
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert err.startswith("ppl-avvp synth: error: --out") and str(target) in err
+    assert a_file.read_text() == "keep" and sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_rerun_removes_stale_temporaries_of_dead_runs_only(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    out = tmp_path / "ds"
+    stale = [temp_sibling_name(out, "synth-tmp", child.pid),       # a `kill -9`ed run of this host
+             tmp_path / f".ds.synth-tmp-{child.pid}"]               # ... as earlier versions named it
+    live = temp_sibling_name(out, "synth-tmp", os.getpid())
+    for folder in (*stale, live):
+        (folder / "features").mkdir(parents=True)
+    _gen(out, n_train=1, n_val=0, n_test=0)
+    assert not any(p.exists() for p in stale) and (live / "features").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ds", live.name])
 
 
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):

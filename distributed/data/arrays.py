@@ -1,9 +1,10 @@
 """In-memory data path: an LLP-layout folder loaded whole, split across ranks with equal batch counts.
 
-The shard path (``distributed.shards``) is the one for large collections; this one is for
+The shard path (``distributed.data.shards``) is the one for large collections; this one is for
 single machines and small sets, and yields batches in the same dict layout:
 ``audio`` (B,T,Da), ``visual_2d`` (B,T,D2), ``visual_3d`` (B,T,D3), ``weak_labels`` (B,C),
-``dense_audio``/``dense_visual`` (B,T,C) where known, ``video_id`` list[str].
+``dense_audio``/``dense_visual`` (B,T,C) where known, ``split_row`` (B,) int64 (the video's row in
+the split's annotation CSV, to put gathered predictions back in order), ``video_id`` list[str].
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ def load_array_split(annotations: str, features: str, split: str, spec: FeatureS
     arrays = load_features(features, ids, spec, pool_frames=True)
     tensors = {key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in arrays.items()}
     tensors["weak_labels"] = torch.from_numpy(ann.weak_labels[:n])
+    tensors["split_row"] = torch.arange(n, dtype=torch.int64)        # rows are in CSV order
     if ann.dense_audio is not None and ann.dense_visual is not None:
         tensors["dense_audio"] = torch.from_numpy(ann.dense_audio[:n])
         tensors["dense_visual"] = torch.from_numpy(ann.dense_visual[:n])

@@ -7,21 +7,29 @@ LLP ships one ``<11-char id>.npy`` per video and feature stream::
     <feature_dir>/r2plus1d_18/<id>.npy   (T, 512)    float32   visual 3D (R(2+1)D-18)
 
 ``read_video_features`` loads one video and checks every file (present, float, the expected shape,
-finite values); anything wrong is a :class:`~distributed.errors.DataError` whose single-line message
-names the file and the problem. With ``pool_frames=True`` (the default) the F res152 frames of each
+finite values once cast to float32); anything wrong is a :class:`~distributed.common.errors.DataError`
+whose single-line message names the file and the problem. With ``pool_frames=True`` (the default) the F res152 frames of each
 segment are averaged into one (T, 2048) row: the network's first layer on that input is linear, so
 averaging the frames first is exactly what averaging the projected frames would give, at 1/F of
 the memory. ``load_features`` reads many videos with a small thread pool into preallocated
 ``(N, ...)`` arrays.
 
+A folder may declare how many res152 rows per segment it stores: ``ppl-avvp synth`` writes
+``synth.json`` beside its ``features/`` folder, and after ``synth --pool`` its res152 files are
+``(T, 2048)`` (``feature_spec.frames_per_segment = 1``). Every reader here (and so the in-memory
+training data, ``ppl-avvp shard`` and ``predict``) takes the frames per segment from that file
+when present (:func:`folder_spec`), else from the caller's ``FeatureSpec`` (LLP: 8).
+
 Files are read with ``np.load(..., allow_pickle=False)``: a feature file can never run code.
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,9 +37,11 @@ import numpy as np
 from distributed.common.errors import ConfigError, DataError
 from distributed.data.llp import FEATURE_DIRS, LLP_FRAMES_PER_SEGMENT, LLP_NUM_SEGMENTS
 
-__all__ = ["FeatureSpec", "read_video_features", "load_features", "feature_path", "FEATURE_KEYS"]
+__all__ = ["FeatureSpec", "read_video_features", "load_features", "feature_path", "folder_spec", "FEATURE_KEYS",
+           "SYNTH_META_FILE"]
 
 FEATURE_KEYS: tuple[str, ...] = ("audio", "visual_2d", "visual_3d")
+SYNTH_META_FILE = "synth.json"   # written by `ppl-avvp synth` beside its features/ folder
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,37 @@ def feature_path(feature_dir: str | os.PathLike, vid: str, key: str) -> Path:
     return Path(feature_dir) / FEATURE_DIRS[key] / f"{vid}.npy"
 
 
+@functools.lru_cache(maxsize=64)
+def _declared_frames(meta_path: str, _mtime_ns: int, _size: int) -> int:
+    """``feature_spec.frames_per_segment`` of a synth.json (cached per file version)."""
+    try:
+        meta = json.loads(Path(meta_path).read_text(encoding="utf-8"))
+        frames = meta["feature_spec"]["frames_per_segment"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as err:
+        raise DataError(f"{meta_path}: cannot read feature_spec.frames_per_segment "
+                        f"({' '.join(str(err).split()) or type(err).__name__})") from None
+    if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+        raise DataError(f"{meta_path}: feature_spec.frames_per_segment must be a positive integer, got {frames!r}")
+    return frames
+
+
+def folder_spec(feature_dir: str | os.PathLike, spec: FeatureSpec) -> FeatureSpec:
+    """``spec`` with the res152 frames per segment that ``feature_dir`` stores, if it says so.
+
+    A ``ppl-avvp synth`` output declares it in ``<feature_dir>/../synth.json`` (1 after ``--pool``);
+    any other folder (LLP's own) declares nothing and ``spec`` is returned as given.
+    """
+    meta = Path(feature_dir).absolute().parent / SYNTH_META_FILE
+    try:
+        st = meta.stat()
+    except OSError:
+        return spec
+    frames = _declared_frames(str(meta), st.st_mtime_ns, st.st_size)
+    return spec if frames == spec.frames_per_segment else replace(spec, frames_per_segment=frames)
+
+
 def _load_checked(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The file as float32, checked; finiteness is checked after the cast (1e300 in float64 is inf)."""
     try:
         arr = np.load(path, allow_pickle=False)
     except FileNotFoundError:
@@ -100,10 +140,14 @@ def _load_checked(path: Path, shape: tuple[int, int]) -> np.ndarray:
         raise DataError(f"{path}: dtype {arr.dtype}, expected a float array (float32)")
     if arr.shape != shape:
         raise DataError(f"{path}: shape {arr.shape}, expected {shape}")
-    if not np.isfinite(arr).all():
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-        raise DataError(f"{path}: {bad} non-finite value(s) (NaN or inf)")
-    return arr
+    with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below, naming the file
+        cast = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(cast)
+    if not finite.all():
+        bad = int(finite.size - np.count_nonzero(finite))
+        beyond = " or beyond float32's range" if arr.dtype.itemsize > 4 and np.isfinite(arr).all() else ""
+        raise DataError(f"{path}: {bad} non-finite value(s) (NaN or inf{beyond}) as float32")
+    return cast
 
 
 def _read_into(feature_dir: Path, vid: str, spec: FeatureSpec, pool_frames: bool,
@@ -115,7 +159,7 @@ def _read_into(feature_dir: Path, vid: str, spec: FeatureSpec, pool_frames: bool
             arr = arr.reshape(spec.num_segments, spec.frames_per_segment, spec.visual_2d_dim)
             np.mean(arr, axis=1, dtype=np.float32, out=out[key][index])
         else:
-            out[key][index] = arr  # casts float16/float64 to float32
+            out[key][index] = arr
 
 
 def _allocate(n: int | None, spec: FeatureSpec, pool_frames: bool) -> dict[str, np.ndarray]:
@@ -128,10 +172,10 @@ def read_video_features(feature_dir: str | os.PathLike, vid: str, spec: FeatureS
     """One video's features as float32 arrays.
 
     Returns ``{"audio": (T, 128), "visual_2d": (T, 2048) if pool_frames else (F*T, 2048),
-    "visual_3d": (T, 512)}`` (widths from ``spec``). Raises DataError naming the file on a missing
-    file, wrong shape, non-float dtype or NaN/inf values.
+    "visual_3d": (T, 512)}`` (widths from ``spec``; F from :func:`folder_spec`). Raises DataError
+    naming the file on a missing file, wrong shape, non-float dtype or NaN/inf values.
     """
-    spec.validate()
+    spec = folder_spec(feature_dir, spec.validate())
     out = _allocate(None, spec, pool_frames)
     # Write through 0-d indexing: reuse the batch path with a leading axis of one.
     batch = {k: v[None] for k, v in out.items()}
@@ -150,10 +194,10 @@ def load_features(feature_dir: str | os.PathLike, video_ids: Sequence[str],
 
     The output is allocated once and each video is read straight into its row by a small thread
     pool (``num_threads``; default ``min(8, 2 * cpus)``; 1 reads in this thread). The first bad file
-    (in ``video_ids`` order) raises its DataError.
+    (in ``video_ids`` order) raises its DataError. F is :func:`folder_spec`'s.
     """
-    spec.validate()
     feature_dir = Path(feature_dir)
+    spec = folder_spec(feature_dir, spec.validate())
     if not feature_dir.is_dir():
         raise DataError(f"{feature_dir}: feature directory not found")
     for key in FEATURE_KEYS:

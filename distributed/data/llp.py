@@ -64,15 +64,16 @@ class LLPSplit:
 
 TRAIN_DENSE_AUDIO_FILE = "AVVP_train_dense_audio.csv"    # written by our synthetic generator only
 TRAIN_DENSE_VISUAL_FILE = "AVVP_train_dense_visual.csv"
-_WEAK_COLUMNS = ("filename", "event_labels")
-_DENSE_COLUMNS = ("filename", "onset", "offset", "event_labels")
+WEAK_COLUMNS = ("filename", "event_labels")                        # AVVP_{train,val_pd,test_pd}.csv
+DENSE_COLUMNS = ("filename", "onset", "offset", "event_labels")     # AVVP_eval_{audio,visual}.csv
 
 
-def _read_table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, list[str]]]:
+def read_table(path: Path, columns: tuple[str, ...]) -> list[tuple[int, list[str]]]:
     """Rows of a tab-separated LLP file as (line number, the named columns in ``columns`` order).
 
     The header names the columns (their order in the file may differ); every row must have
-    as many fields as the header. Blank lines are skipped.
+    as many fields as the header. Blank lines are skipped. Fields are verbatim (not stripped),
+    so a copy of selected rows (``ppl-avvp synth --annotations``) keeps LLP's quirks.
     """
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -119,7 +120,7 @@ def _read_dense(path: Path, row_of: dict[str, int], class_index: dict[str, int],
     Each row sets ``truth[onset:offset, class] = 1`` (half-open, whole seconds; rows OR-ed;
     onset >= offset sets nothing, offsets beyond T clip).
     """
-    rows = _read_table(path, _DENSE_COLUMNS)
+    rows = read_table(path, DENSE_COLUMNS)
     video, cls, onset, offset = [], [], [], []
     for lineno, (name, on_text, off_text, label) in rows:
         c = class_index.get(label.strip())
@@ -168,7 +169,7 @@ def load_split(annotation_dir: str | os.PathLike, split: str, num_segments: int 
     row_of: dict[str, int] = {}
     line_of: dict[str, int] = {}
     weak = []
-    for lineno, (name, labels) in _read_table(path, _WEAK_COLUMNS):
+    for lineno, (name, labels) in read_table(path, WEAK_COLUMNS):
         if not name:
             raise DataError(f"{path}:{lineno}: empty filename")
         if name in line_of:

@@ -1,7 +1,7 @@
 """The worker loop's view of WebDataset shards (``data.shards`` with train/ val/ test/ shard sets).
 
-Thin glue over ``distributed.shards``: equal train batches on every rank, eval sets read exactly once
-across ranks, bad samples either an error or (``data.skip_bad_samples``) skipped and counted.
+Thin glue over the reader: equal train batches on every rank, eval sets read exactly once across
+ranks, bad samples either an error or (``data.skip_bad_samples``) skipped and counted.
 """
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from distributed.common.errors import DataError
-from distributed.data.shards import load_manifest, make_eval_loader, make_train_loader, train_batches_per_epoch
+from distributed.data.shards.manifest import MANIFEST_NAME, load_manifest
+from distributed.data.shards.plan import train_batches_per_epoch
+from distributed.data.shards.reader import make_eval_loader, make_train_loader
 
 
 def check_manifest_matches_model(manifest: dict, model_cfg, where: Path) -> None:
@@ -21,21 +23,23 @@ def check_manifest_matches_model(manifest: dict, model_cfg, where: Path) -> None
     for key, shape in expected.items():
         got = tuple(fields.get(key, {}).get("shape", ()))
         if got != shape:
-            raise DataError(f"{where}/manifest.json: {key} has shape {got}, the model config expects {shape} "
+            raise DataError(f"{where}/{MANIFEST_NAME}: {key} has shape {got}, the model config expects {shape} "
                             f"(model.num_segments / model.*_dim / model.num_classes)")
     v2d = tuple(fields.get("visual_2d.npy", {}).get("shape", ()))
     if len(v2d) != 2 or v2d[1] != model_cfg.visual_2d_dim or v2d[0] % T:
-        raise DataError(f"{where}/manifest.json: visual_2d.npy has shape {v2d}, the model config expects "
+        raise DataError(f"{where}/{MANIFEST_NAME}: visual_2d.npy has shape {v2d}, the model config expects "
                         f"(k*{T}, {model_cfg.visual_2d_dim})")
 
 
 class ShardData:
+    """Train/val/test shard sets under ``data.shards``, checked against the model's dimensions up front."""
+
     def __init__(self, cfg, rank: int, world_size: int):
         self.root = Path(cfg.data.shards)
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         for split in ("train", "val", "test"):
-            if not (self.root / split / "manifest.json").is_file():
-                raise DataError(f"{self.root / split}: no manifest.json (write shards with `ppl-avvp shard "
+            if not (self.root / split / MANIFEST_NAME).is_file():
+                raise DataError(f"{self.root / split}: no {MANIFEST_NAME} (write shards with `ppl-avvp shard "
                                 f"--split {split} --out {self.root / split}`)")
         for split in ("train", "val", "test"):
             check_manifest_matches_model(load_manifest(self.root / split), cfg.model, self.root / split)
