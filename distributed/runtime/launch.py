@@ -69,10 +69,10 @@ def fit_with_ray(cfg: RunConfig, loop_config: dict, callbacks: list | None = Non
 
     The driver follows the progress file rank 0 writes and prints one line per epoch.
     """
+    init_ray(cfg)                      # first: the loopback setting must precede the first import of ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    init_ray(cfg)
     dist_cfg = cfg.distributed
     output_dir = Path(cfg.output_dir).resolve()
     trainer = TorchTrainer(

@@ -3,6 +3,7 @@ run (so concurrent workers never race on a fresh store); rank 0 logs params, per
 artifacts into it."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,7 @@ def create_run(cfg: RunConfig) -> str:
     cwd-based default would name another store."""
     from mlflow.entities import Param
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)   # store creation/migration notes: not the user's business
     cfg.tracking.tracking_uri = tracking_uri(cfg)
     client = mlflow_client(cfg.tracking.tracking_uri)
     tags = {"mlflow.runName": cfg.tracking.run_name or cfg.name}
