@@ -517,7 +517,7 @@ def local_cluster():
     """`ray start --head` on loopback with its own short temp dir and ports; yields (dashboard URL, env)."""
     venv_bin = Path(sys.executable).parent
     temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")          # AF_UNIX socket paths must stay short
-    gcs_port, dashboard_port, client_port = _free_port(), _free_port(), _free_port()
+    gcs_port, dashboard_port, client_port, agent_port = _free_port(), _free_port(), _free_port(), _free_port()
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env.update({
@@ -533,15 +533,30 @@ def local_cluster():
     })
     start = [str(venv_bin / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
              f"--port={gcs_port}", f"--dashboard-port={dashboard_port}", f"--ray-client-server-port={client_port}",
+             f"--dashboard-agent-listen-port={agent_port}",   # the default 52365 clashes with any other Ray here
              "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
     with ray_machine_lock():
         try:
             proc = subprocess.run(start, env=env, capture_output=True, text=True, timeout=120)
             assert proc.returncode == 0, proc.stdout + proc.stderr
-            yield f"http://127.0.0.1:{dashboard_port}", env
+            assert "Local node IP: 127.0.0.1" in re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
+            address = f"http://127.0.0.1:{dashboard_port}"
+            _wait_for_job_agent(str(venv_bin / "ray"), address, env)
+            yield address, env
         finally:
             stop_cluster(temp_dir, client_port)
             shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _wait_for_job_agent(ray: str, address: str, env: dict, timeout: float = 90) -> None:
+    """`ray start` returns before the head's job agent registers ("No available agent to submit job")."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = subprocess.run([ray, "job", "list", "--address", address], env=env, capture_output=True, text=True,
+                              timeout=60)
+        if proc.returncode == 0 or time.monotonic() > deadline:
+            return
+        time.sleep(2)
 
 
 def _job_status(ray: str, address: str, job_id: str, env: dict) -> str:
@@ -583,11 +598,16 @@ def test_submit_and_ray_job_submit_round_trip_on_a_local_cluster(tiny_llp, tmp_p
         job_env = {"TORCH_EXTENSIONS_DIR": env["TORCH_EXTENSIONS_DIR"], "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2"}
         # 1. a bare `ray job submit --working-dir .` of the recipe (what the README shows), not waited for ...
         runtime_env = {"env_vars": job_env, "excludes": ["runs/", "demo/", ".cache/", "mlruns/"]}
-        bare = subprocess.run(
-            [ray, "job", "submit", "--address", address, "--submission-id", "clusters-bare", "--no-wait",
-             "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
-             "python", "-m", "distributed.train", "--config", "clusters/recipes/llp_1gpu.yaml", *scaled, *per_job("bare")],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        for attempt in range(5):   # the head's job agent may still be registering right after `ray start`
+            bare = subprocess.run(
+                [ray, "job", "submit", "--address", address, "--submission-id", "clusters-bare", "--no-wait",
+                 "--working-dir", ".", "--runtime-env-json", json.dumps(runtime_env), "--",
+                 "python", "-m", "distributed.train", "--config", "clusters/recipes/llp_1gpu.yaml", *scaled,
+                 *per_job("bare")],
+                cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+            if "No available agent" not in bare.stdout + bare.stderr:
+                break
+            time.sleep(3)
         assert bare.returncode == 0, bare.stdout[-3000:] + bare.stderr[-3000:]
         # 2. ... while the wrapper validates, builds the runtime_env, runs `ray job submit` and blocks
         wrapped = subprocess.run(
