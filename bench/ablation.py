@@ -52,7 +52,7 @@ def main() -> None:
                                   f"output_dir={Path(args.out) / name / f'seed{seed}'}", "distributed.num_workers=0",
                                   "distributed.engine=torch", f"optim.epochs={args.epochs}", f"name={name}",
                                   f"seed={seed}", "tracking.mlflow=false", *VARIANTS[name], *args.set])
-        res = train(cfg, mlflow=False)
+        res = train(cfg, mlflow=False, resume=True)   # a rerun continues its runs
         per_variant.setdefault(name, []).append(res["test"])
         last = res["history"][-1]
         best = res["history"][res["best_epoch"] - 1]

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from distributed.common.commandline import run_command
-from distributed.common.errors import ConfigError, DataError
+from distributed.common.errors import ConfigError, DataError, UserError
+from distributed.common.fsutil import check_output_path
 from distributed.data.llp import LLP_NUM_SEGMENTS, LLPSplit, load_split, split_index
 from model.metrics import SCORE_KEYS, llp_scores
 
@@ -134,8 +135,11 @@ def _predict_from_checkpoint(args: argparse.Namespace) -> tuple[list[str], np.nd
 
 def _write_json_atomic(path: Path, payload: dict) -> None:
     """Temp file in the same folder + os.replace: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise UserError(f"--json {path}: cannot write it ({' '.join(str(err).split())})") from None
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(payload, fh, indent=2)
@@ -171,6 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise ConfigError(f"--threshold: must lie strictly between 0 and 1, got {args.threshold}")
     if args.checkpoint and not args.features:
         raise ConfigError("--features: required with --checkpoint")
+    if args.json:
+        check_output_path(Path(args.json), "--json", folder=False)
     split = load_split(args.annotations, args.split, num_segments=args.num_segments)
 
     if args.checkpoint:

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distributed.runtime.checkpoint import load_model
 from distributed.common.commandline import run_command
-from distributed.common.errors import ConfigError, DataError
+from distributed.common.config import model_config_from_dict
+from distributed.common.errors import ConfigError, DataError, UserError
+from distributed.common.fsutil import check_output_path
+from distributed.runtime.checkpoint import load_model, load_module_state
 from distributed.data.features import FeatureSpec, load_features
 from distributed.data.llp import LLP_CLASSES, load_split
 from model.config import NetworkConfig
@@ -29,10 +31,17 @@ MODALITIES = ("audio", "visual", "audio_visual")
 
 
 def load_network(checkpoint: str | os.PathLike) -> tuple[AudioVisualParser, dict]:
+    """The parser a model checkpoint describes; a config or weights that do not fit are one line naming it."""
     payload = load_model(checkpoint)
-    net_cfg = NetworkConfig(**payload["config"]["model"])
+    section = payload["config"].get("model")
+    if not isinstance(section, dict):
+        raise DataError(f"{checkpoint}: config has no 'model' section")
+    try:
+        net_cfg = model_config_from_dict(section)
+    except ConfigError as err:
+        raise DataError(f"{checkpoint}: its config: {err}") from None
     network = AudioVisualParser(net_cfg)
-    network.load_state_dict(payload["network"])
+    load_module_state(network, payload["network"], f"{checkpoint}: network")
     return network.eval(), payload
 
 
@@ -133,6 +142,8 @@ def main(argv=None) -> int:
         raise ConfigError(f"--threshold: must lie strictly between 0 and 1, got {args.threshold}")
     if args.pictures < 0:
         raise ConfigError("--pictures: must be >= 0")
+    out = Path(args.out)
+    check_output_path(out, "--out", folder=True)
     network, payload = load_network(args.checkpoint)
     cfg = network.cfg
     truth = None
@@ -159,8 +170,10 @@ def main(argv=None) -> int:
         raise DataError(f"{args.features}: no videos to predict")
     classes = LLP_CLASSES if cfg.num_classes == len(LLP_CLASSES) else tuple(f"class_{i}" for i in range(cfg.num_classes))
     frame_prob, global_prob = predict_features(network, load_features(args.features, ids, _spec(cfg)))
-    out = Path(args.out)
-    (out / "timelines").mkdir(parents=True, exist_ok=True)
+    try:
+        (out / "timelines").mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"--out {out}: cannot create it ({' '.join(str(err).split())})") from None
     events = {vid: video_events(frame_prob[i], global_prob[i], classes, args.threshold) for i, vid in enumerate(ids)}
     tmp = out / ".events.json.tmp"
     tmp.write_text(json.dumps({"checkpoint": str(args.checkpoint), "threshold": args.threshold, "videos": events},

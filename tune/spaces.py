@@ -50,7 +50,7 @@ from typing import Any
 import yaml
 
 from distributed.common.config import (config_from_dict, flatten_tree, merge_trees, parse_overrides, read_yaml,
-                                       set_dotted)
+                                       set_dotted, with_absolute_paths)
 from distributed.common.errors import ConfigError, UserError
 from distributed.runtime.tracking import absolute_uri, default_tracking_uri
 
@@ -72,7 +72,6 @@ SPACE_FORBIDDEN = {
 }
 # ... and not in overrides either (the others are allowed there and used as defaults)
 OVERRIDE_FORBIDDEN = ("seed", "output_dir", "tracking.parent_run_id", "tracking.run_name", "tracking.mlflow")
-PATH_KEYS = ("data.annotations", "data.features", "data.shards", "distributed.deepspeed_config")
 METRIC_PATTERN = re.compile(r"^(val_(seg|evt)_(a|v|av|type|event)|loss_\w+|pl_\w+|bank_\w+)$")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 MAX_POINTS = 10_000
@@ -272,21 +271,11 @@ def trial_tree(payload: dict[str, Any], point: dict[str, Any], seed: int, output
     set_dotted(tree, "tracking.run_name", run_name)
     set_dotted(tree, "distributed.num_workers", int(payload["workers"]))
     set_dotted(tree, "distributed.cpus_per_worker", float(payload["cpus_per_worker"]))
-    return _absolute_paths(tree)
+    return with_absolute_paths(tree)
 
 
 def trial_run_name(sweep_name: str, point: dict[str, Any], seed: int) -> str:
     return f"{sweep_name}: {point_label(point, seed)}"
-
-
-def _absolute_paths(tree: dict, base: Path | None = None) -> dict:
-    base = base or Path.cwd()
-    flat = flatten_tree(tree)
-    for key in PATH_KEYS:
-        value = flat.get(key)
-        if isinstance(value, str) and value and not Path(value).is_absolute():
-            set_dotted(tree, key, str((base / value).resolve()))
-    return tree
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +437,7 @@ def load_sweep(path: str | os.PathLike, cli_overrides: list[str] | None = None, 
         raise ConfigError(f"{path}: base: {err}") from None
     file_items, file_tree = _overrides(path, raw.get("overrides"), _where(path, "overrides"))
     cli_items, cli_tree = _overrides(path, list(cli_overrides or []), "command-line overrides")
-    base_tree = _absolute_paths(merge_trees(merge_trees(base_file_tree, file_tree), cli_tree))
+    base_tree = with_absolute_paths(merge_trees(merge_trees(base_file_tree, file_tree), cli_tree))
     try:
         base_cfg = config_from_dict(copy.deepcopy(base_tree))
     except ConfigError as err:

@@ -14,7 +14,7 @@ def run_command(main_fn: Callable[[Sequence[str] | None], int], argv: Sequence[s
     try:
         return int(main_fn(argv) or 0)
     except UserError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)   # always one line
         return 2
     except FileNotFoundError as err:
         print(f"{prog}: error: file not found: {err.filename or err}", file=sys.stderr)

@@ -11,6 +11,7 @@ import datetime
 import difflib
 import os
 import re
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -156,6 +157,17 @@ def flatten_tree(tree: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 80
+_SHORT.maxlist = _SHORT.maxdict = 6
+_SHORT.maxlevel = 3
+
+
+def _show(value: Any) -> str:
+    """A value as it goes into an error line: short, whatever its size (YAML aliases can nest deeply)."""
+    return " ".join(_SHORT.repr(value).split())
+
+
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
     """Check a YAML value against a dataclass field's type (ints widen to floats; 'none' is None)."""
     origin = typing.get_origin(annotation)
@@ -172,11 +184,11 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
                 return _coerce(value, option, key)
             except ConfigError as err:
                 errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {_show(value)}")
     if origin is Literal:
         choices = typing.get_args(annotation)
         if value not in choices:
-            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}, got {value!r}")
+            raise ConfigError(f"{key}: must be one of {', '.join(map(str, choices))}, got {_show(value)}")
         return value
     if annotation is bool:
         if isinstance(value, bool):
@@ -199,7 +211,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return str(value)
     else:
         return value
-    raise ConfigError(f"{key}: expected {annotation.__name__}, got {value!r}")
+    raise ConfigError(f"{key}: expected {annotation.__name__}, got {_show(value)}")
 
 
 _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
@@ -207,7 +219,7 @@ _DECIMAL = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 def _build(cls, tree: dict, prefix: str):
     if not isinstance(tree, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {tree!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {_show(tree)}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -215,13 +227,32 @@ def _build(cls, tree: dict, prefix: str):
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+            raise ConfigError(f"unknown config key {_show(f'{prefix}{key}')}{hint}")
         annotation = hints[key]
         if dataclasses.is_dataclass(annotation):
             kwargs[key] = _build(annotation, value, f"{prefix}{key}.")
         else:
             kwargs[key] = _coerce(value, annotation, f"{prefix}{key}")
     return cls(**kwargs)
+
+
+# config values that are paths: resolved against the driver's cwd before they travel (Ray Train workers
+# and Tune trials run in folders of their own) and compared as absolute paths (run fingerprints)
+PATH_KEYS = ("data.annotations", "data.features", "data.shards", "distributed.deepspeed_config")
+
+
+def with_absolute_paths(tree: dict, base: Path | None = None) -> dict:
+    """A copy of a config tree whose PATH_KEYS values are absolute (resolved against ``base`` or cwd)."""
+    out = copy.deepcopy(tree)
+    base = base or Path.cwd()
+    flat = flatten_tree(out)
+    for key in PATH_KEYS:
+        value = flat.get(key)
+        if isinstance(value, str) and value:
+            set_dotted(out, key, str((base / value).resolve()))
+    if isinstance(out.get("output_dir"), str) and out["output_dir"]:
+        out["output_dir"] = str((base / out["output_dir"]).resolve())
+    return out
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -240,11 +271,11 @@ def parse_overrides(overrides: list[str] | None) -> dict:
     tree: dict = {}
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value")
+            raise ConfigError(f"override {_show(item)}: expected key=value")
         key, raw = item.split("=", 1)
         try:
             value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, RecursionError):   # ValueError: 2024-13-01 looks like a date to YAML
             value = raw
         set_dotted(tree, key.strip(), value)
     return tree
@@ -271,9 +302,18 @@ def read_yaml(path: str | Path) -> dict:
             raise ConfigError(f"{path}: config file not found (built-in presets: "
                               f"{', '.join(sorted(p.stem for p in DEFAULT_CONFIG_DIR.glob('*.yaml')))})")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror})") from None
+    try:
+        tree = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    except (ValueError, RecursionError) as err:   # a date YAML cannot build (2024-13-01), nesting too deep
+        raise ConfigError(f"{path}: not valid YAML ({' '.join(str(err).split()) or type(err).__name__})") from None
+    tree = {} if tree is None else tree
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return tree

@@ -41,7 +41,8 @@ def temp_sibling_name(out: Path, tag: str, pid: int) -> Path:
     return out.parent / f".{out.name}.{tag}-{pid}-{HOST_TAG}-{uuid.uuid4().hex[:8]}"
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host may still be running (unknown counts as alive: never delete its files)."""
     if pid == os.getpid():
         return True
     try:
@@ -66,7 +67,7 @@ def remove_stale_temp_siblings(out: Path) -> list[Path]:
         if match is None or not path.is_dir() or path.is_symlink():
             continue
         host = match.group("host")
-        if (host is not None and host != HOST_TAG) or _pid_alive(int(match.group("pid"))):
+        if (host is not None and host != HOST_TAG) or pid_alive(int(match.group("pid"))):
             continue
         if match.group("tag") == "old" and (host is None or not out.exists()):   # not ours / killed mid-swap:
             continue                                                             # the previous output
@@ -85,14 +86,7 @@ def check_output_dir(out: Path, *, overwrite: bool, marker: str, kind: str, labe
     above it is an error too (``--out a_file/x``). ``label`` prefixes the path (e.g. ``--out``).
     """
     where = f"{label} {out}".strip()
-    if out.is_symlink() and not out.is_dir():
-        raise UserError(f"{where}: exists and is not a directory")
-    for folder in (out, *out.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                what = "exists and is not a directory" if folder == out else f"{folder} is a file, not a directory"
-                raise UserError(f"{where}: {what}")
-            break
+    check_output_path(out, label, folder=True)
     if out.is_dir() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"{where}: already exists and is not empty; pass --overwrite to replace it")

@@ -125,21 +125,39 @@ def folder_spec(feature_dir: str | os.PathLike, spec: FeatureSpec) -> FeatureSpe
     return spec if frames == spec.frames_per_segment else replace(spec, frames_per_segment=frames)
 
 
-def _load_checked(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """The file as float32, checked; finiteness is checked after the cast (1e300 in float64 is inf)."""
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype from the ``.npy`` header alone (a hostile header claiming 10**12 rows allocates nothing)."""
     try:
-        arr = np.load(path, allow_pickle=False)
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
     except FileNotFoundError:
         raise DataError(f"{path}: feature file not found") from None
-    except (ValueError, OSError, EOFError) as err:  # not an .npy, truncated, pickled object array
+    except Exception as err:  # noqa: BLE001 - any parse failure of an untrusted header is bad data
         msg = " ".join(str(err).split()) or type(err).__name__
-        raise DataError(f"{path}: unreadable .npy file ({msg})") from None
-    if not isinstance(arr, np.ndarray):  # np.load on an .npz archive
-        raise DataError(f"{path}: expected a .npy array, found an .npz archive")
-    if arr.dtype.kind != "f":
-        raise DataError(f"{path}: dtype {arr.dtype}, expected a float array (float32)")
-    if arr.shape != shape:
-        raise DataError(f"{path}: shape {arr.shape}, expected {shape}")
+        raise DataError(f"{path}: unreadable .npy file ({msg[:200]})") from None
+    return tuple(shape), dtype
+
+
+def _load_checked(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """The file as float32, checked; finiteness is checked after the cast (1e300 in float64 is inf)."""
+    file_shape, dtype = _npy_header(path)
+    if dtype.hasobject:
+        raise DataError(f"{path}: unreadable .npy file (an object array: reading it would unpickle; refused)")
+    if dtype.kind != "f":
+        raise DataError(f"{path}: dtype {dtype}, expected a float array (float32)")
+    if file_shape != shape:
+        raise DataError(f"{path}: shape {file_shape}, expected {shape}")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as err:  # noqa: BLE001 - truncated data and the like
+        msg = " ".join(str(err).split()) or type(err).__name__
+        raise DataError(f"{path}: unreadable .npy file ({msg[:200]})") from None
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below, naming the file
         cast = arr.astype(np.float32, copy=False)
     finite = np.isfinite(cast)

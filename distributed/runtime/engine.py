@@ -17,7 +17,9 @@ import torch.distributed as dist
 from torch import nn
 
 from distributed.common.config import RunConfig
-from distributed.common.errors import ConfigError
+from distributed.common.errors import ConfigError, DataError, UserError
+from distributed.runtime.checkpoint import (load_module_state, load_optimizer_state, one_line, run_fingerprint,
+                                            safe_load)
 
 
 def cast_inputs(module: nn.Module, inputs: tuple) -> tuple:
@@ -106,6 +108,7 @@ class TorchEngine:
         self._forward = wrapped
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
         self.grad_clip = cfg.optim.grad_clip
+        self.run_fingerprint = run_fingerprint(cfg)   # checkpoints carry it; resuming another run is refused
 
     def __call__(self, *inputs):
         return self._forward(*inputs)
@@ -119,6 +122,9 @@ class TorchEngine:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    def step_was_applied(self) -> bool:
+        return True
+
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -129,9 +135,14 @@ class TorchEngine:
                        directory / "engine.pt")
 
     def load(self, directory: Path) -> None:
-        state = torch.load(directory / "engine.pt", map_location="cpu", weights_only=True)
-        self.module.load_state_dict(state["module"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        path = directory / "engine.pt"
+        if not path.is_file() and (directory / "deepspeed").is_dir():
+            raise DataError(f"{directory}: written by distributed.engine=deepspeed, not torch")
+        state = safe_load(path)
+        if not isinstance(state, dict) or not {"module", "optimizer"} <= set(state):
+            raise DataError(f"{path}: expected sections 'module' and 'optimizer'")
+        load_module_state(self.module, state["module"], f"{path}: module")
+        load_optimizer_state(self.optimizer, state["optimizer"], f"{path}: optimizer")
 
 
 class DeepSpeedEngine:
@@ -145,7 +156,9 @@ class DeepSpeedEngine:
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=network.to(device), optimizer=optimizer, config=self.config,
             dist_init_required=False)
+        self.engine.checkpoint_engine = SafeLoadingCheckpointEngine(self.engine.checkpoint_engine)
         self.module = self.engine.module
+        self.run_fingerprint = run_fingerprint(cfg)   # checkpoints carry it; resuming another run is refused
 
     def __call__(self, *inputs):
         return float_output(self.engine(*cast_inputs(self.module, inputs)))
@@ -156,6 +169,10 @@ class DeepSpeedEngine:
     def step(self) -> None:
         self.engine.step()
 
+    def step_was_applied(self) -> bool:
+        """False when fp16 loss scaling skipped the step (overflow); the EMA and the bank skip it too."""
+        return bool(self.engine.was_step_applied())
+
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -164,10 +181,53 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(str(directory / "deepspeed"), tag="state", save_latest=False)   # collective
 
     def load(self, directory: Path) -> None:
-        path, _ = self.engine.load_checkpoint(str(directory / "deepspeed"), tag="state",
-                                              load_optimizer_states=True, load_lr_scheduler_states=False)
+        """DeepSpeed's own loader, reading every file through ``SafeLoadingCheckpointEngine``."""
+        folder = directory / "deepspeed"
+        if not (folder / "state").is_dir():
+            written_by_torch = (directory / "engine.pt").is_file()
+            raise DataError(f"{folder}: " + ("written by distributed.engine=torch, not deepspeed" if written_by_torch
+                                             else "no DeepSpeed state in this checkpoint"))
+        try:
+            path, _ = self.engine.load_checkpoint(str(folder), tag="state", load_optimizer_states=True,
+                                                  load_lr_scheduler_states=False)
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - DeepSpeed reports unfitting contents as assorted errors
+            raise DataError(f"{folder}: does not fit this model and config ({type(err).__name__}: "
+                            f"{one_line(err)})") from None
         if path is None:
-            raise FileNotFoundError(str(directory / "deepspeed"))
+            raise DataError(f"{folder}: no DeepSpeed checkpoint (tag 'state') to load")
+
+
+def deepspeed_safe_globals() -> list[type]:
+    """The plain classes DeepSpeed pickles into its ZeRO checkpoints (found by loading ZeRO 0-2 fp32 and bf16
+    checkpoints with weights_only=True; DynamicLossScaler is fp16's scaler, not tried here: fp16 needs a GPU).
+    Each holds plain values only (numbers, a dtype) and is rebuilt from them."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+class SafeLoadingCheckpointEngine:
+    """DeepSpeed's checkpoint engine with a pickle-free ``load``.
+
+    DeepSpeed's TorchCheckpointEngine reads with ``torch.load(weights_only=False)``: a file planted in a
+    checkpoint folder (a shared file system on a cluster) would run code on resume. Saving and everything
+    else is delegated to the engine DeepSpeed configured.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        if name == "inner":   # not set yet (copy/pickle): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def load(self, path: str, map_location=None):
+        return safe_load(path, map_location=map_location, allowed=deepspeed_safe_globals())
 
 
 def build_engine(cfg: RunConfig, network: nn.Module, device: torch.device):

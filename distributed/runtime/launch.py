@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from distributed.common.config import RunConfig
+from distributed.common.config import RunConfig, with_absolute_paths
 from distributed.runtime.console import PROGRESS_FILE, ProgressFollower
 from distributed.runtime.loop import train_loop_per_worker
 
@@ -51,17 +51,6 @@ def init_ray(cfg: RunConfig) -> None:
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
                  log_to_driver=False, logging_level=logging.WARNING,
                  num_cpus=max(os.cpu_count() or 1, int(cfg.world_size * cfg.distributed.cpus_per_worker) + 1))
-
-
-def with_absolute_paths(tree: dict) -> dict:
-    """Paths resolved against the driver's working directory (Ray Train workers run in folders of their own)."""
-    tree = {**tree, "data": dict(tree["data"]), "distributed": dict(tree["distributed"])}
-    tree["output_dir"] = str(Path(tree["output_dir"]).resolve())
-    for section, key in (("data", "annotations"), ("data", "features"), ("data", "shards"),
-                         ("distributed", "deepspeed_config")):
-        if tree[section][key]:
-            tree[section][key] = str(Path(tree[section][key]).resolve())
-    return tree
 
 
 def fit_with_ray(cfg: RunConfig, loop_config: dict, callbacks: list | None = None):

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from distributed.common.config import RunConfig, config_from_dict
+from distributed.common.errors import UserError
 from distributed.runtime import checkpoint as ckpt
 from distributed.runtime.collectives import Collectives
 from distributed.runtime.console import Console, redirect_output_to
@@ -138,7 +139,13 @@ def train_step(cfg: RunConfig, method: PPL, engine, batch: dict, epoch: int, red
     inputs = tuple(batch[k] for k in INPUT_KEYS)
     weak = batch["weak_labels"]
     online = engine(*inputs)
-    step = method.losses(online, inputs, weak, epoch)
+    try:
+        step = method.losses(online, inputs, weak, epoch)
+    except RuntimeError as err:   # BCE refuses NaN probabilities: the weights have diverged
+        if "between 0 and 1" not in str(err):
+            raise
+        raise UserError(f"training diverged in epoch {epoch + 1}: the model predicts NaN (optim.lr={cfg.optim.lr:g} "
+                        f"is likely too high; try a lower optim.lr or optim.grad_clip > 0)") from None
     engine.backward(step.losses.total)
     engine.step()
     bank_counts = None
