@@ -2,12 +2,11 @@
 workers with DeepSpeed, log both to MLflow, and print Base vs PPL on test. Needs no LLP files."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from distributed.common.commandline import run_command
+from distributed.common.commandline import OneLineParser, run_command
 
 # Both runs use the shipped `ppl` preset; PPL keeps its EMA teacher (0.999 with the decay warm-up of
 # model/momentum.py, which makes it usable in a run of a few hundred steps).
@@ -18,7 +17,7 @@ DEMO_OVERRIDES = {
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m distributed.demo", description=__doc__)
+    parser = OneLineParser(prog="python -m distributed.demo", description=__doc__)
     parser.add_argument("--out", default="demo", help="folder for data, shards, runs and the MLflow store")
     parser.add_argument("--train", type=int, default=1000)
     parser.add_argument("--val", type=int, default=200)

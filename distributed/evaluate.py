@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distributed.common.commandline import run_command
+from distributed.common.commandline import OneLineParser, run_command
 from distributed.common.errors import ConfigError, DataError, UserError
 from distributed.common.fsutil import check_output_path
 from distributed.data.llp import LLP_NUM_SEGMENTS, LLPSplit, load_split, split_index
@@ -155,7 +155,7 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ppl-avvp evaluate", description=__doc__,
+    p = OneLineParser(prog="ppl-avvp evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", metavar="FILE.npz", help="predictions to score (see module doc)")

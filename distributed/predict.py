@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from distributed.common.commandline import run_command
+from distributed.common.commandline import OneLineParser, run_command
 from distributed.common.config import model_config_from_dict
 from distributed.common.errors import ConfigError, DataError, UserError
 from distributed.common.fsutil import check_output_path
@@ -123,7 +123,7 @@ def timeline_picture(path: Path, video: str, frame_prob: np.ndarray, global_prob
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="ppl-avvp predict", description=__doc__,
+    p = OneLineParser(prog="ppl-avvp predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="best_model.pt written by `ppl-avvp train`")
     p.add_argument("--features", required=True, help="LLP feature folder (vggish/ res152/ r2plus1d_18/)")

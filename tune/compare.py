@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distributed.common.commandline import run_command
+from distributed.common.commandline import OneLineParser, run_command
 from distributed.common.errors import UserError
 from distributed.runtime.tracking import default_tracking_uri, mlflow_client
 from model.metrics import SCORE_KEYS
@@ -482,7 +482,7 @@ def run_compare(*, tracking_uri: str | None = None, sweep: str | None = None, pa
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="ppl-avvp compare", description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog="ppl-avvp compare", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)

@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from distributed.common.commandline import run_command
+from distributed.common.commandline import OneLineParser, run_command
 from distributed.common.config import RunConfig, load_config, read_yaml
 from distributed.common.errors import ConfigError, UserError
 
@@ -57,13 +57,8 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2 through run_command
-        raise UserError(message)
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = _Parser(prog="ppl-avvp submit", description=__doc__.split("\n\n")[0],
+    p = OneLineParser(prog="ppl-avvp submit", description=__doc__.split("\n\n")[0],
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("recipe", nargs="?", help="run config (e.g. clusters/recipes/llp_8gpu.yaml) or sweep file")
     p.add_argument("overrides", nargs="*", help="key=value run-config overrides, passed on to the job")

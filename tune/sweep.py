@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from distributed.common.commandline import run_command
+from distributed.common.commandline import OneLineParser, run_command
 from distributed.common.config import flatten_tree
 from distributed.common.errors import UserError
 from distributed.runtime.tracking import experiment_id, mlflow_client
@@ -45,7 +45,7 @@ from tune.spaces import SweepSpec, load_sweep, point_label, trial_run_name, tria
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="ppl-avvp sweep", description=__doc__.split("\n\n")[0],
+    parser = OneLineParser(prog="ppl-avvp sweep", description=__doc__.split("\n\n")[0],
                                      epilog="\n\n".join(__doc__.split("\n\n")[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="sweep file (YAML; see tune/sweeps/*.yaml)")
