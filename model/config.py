@@ -6,7 +6,10 @@ comment saying whose choice it is. ``distributed.config`` nests these into one r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
+
+Labeler = Literal["none", "pl", "ppl_hard", "ppl_soft", "em_mil", "poibin"]
+LABELERS: tuple[str, ...] = get_args(Labeler)
 
 
 def _check(cond: bool, key: str, msg: str) -> None:
@@ -41,6 +44,8 @@ class NetworkConfig:
     han_ffn_dim: int = 512
     dropout: float = 0.1
     leaky_relu_slope: float = 0.01
+    # EM-MIL (Luo et al. 2020): a class-agnostic key-instance head per modality; needed by ppl.labeler=em_mil
+    key_instance_head: bool = False
 
     def validate(self, prefix: str = "model") -> None:
         _check_finite(self, prefix)
@@ -61,15 +66,22 @@ class PPLConfig:
     """Momentum encoder, prototype bank and pseudo-labels (DESIGN §3.2-3.4.1).
 
     ``labeler``: none = Base (MIL only); pl = naive self-training on thresholded predictions;
-    ppl_hard / ppl_soft = prototype pseudo-labels (one-hot argmax / softmax with temperature tau).
+    ppl_hard / ppl_soft = prototype pseudo-labels (one-hot argmax / softmax with temperature tau);
+    em_mil = EM-MIL's key instances (Luo et al. 2020); poibin = PoiBin-style count-matched labels
+    (after Rachavarapu & Rajagopalan 2023, reconstructed). See docs/method.md.
     """
 
-    labeler: Literal["none", "pl", "ppl_hard", "ppl_soft"] = "ppl_soft"
+    labeler: Labeler = "ppl_soft"
     tau: float = 0.1                       # seed Table 3 best
     ema_decay: float | None = 0.999        # None = "without EMA" (seed Table 4): online features, detached
     ema_warmup: bool = True                # ours: alpha_t = min(alpha, (1+t)/(10+t)), model/momentum.py
     # prototype bank (ours: the main paper's Sec. 4 is not available)
     prototypes_per_class: int = 1          # K
+    # which of its class's K slots a key segment updates (ours; docs/method.md): nearest = online spherical
+    # k-means; sinkhorn = SwAV's Sinkhorn-Knopp balanced codes over the step's key segments of all ranks
+    prototype_assignment: Literal["nearest", "sinkhorn"] = "nearest"
+    sinkhorn_epsilon: float = 0.05         # SwAV's entropic regularisation (Caron et al. 2020)
+    sinkhorn_iterations: int = 3           # SwAV's default
     bank_momentum: float = 0.99            # beta in mu <- normalise(beta*mu + (1-beta)*mean)
     center_features: bool = True           # compare features after subtracting their running mean
     key_top_k: int = 1                     # key segments per (video, labelled class, modality)
@@ -93,14 +105,23 @@ class PPLConfig:
     contrastive_tau: float = 0.1
     warmup_epochs: int = 2                 # MIL-only epochs before pseudo-labels switch on
     rampup_epochs: int = 1                 # linear ramp of lambda_pl after warm-up
+    # ours (the abstract's "iteratively re-estimated", read as EM): 0 = pseudo-labels from the live bank every
+    # step; N = from the bank frozen at the start of every N-th epoch after warm-up (E-step), trained on (M-step)
+    reestimate_every: int = 0
+    # em_mil (Luo et al. 2020, authors' code airmachine/EM-MIL-WeaklyActionDetection)
+    em_mil_gamma: float = 0.15             # key instances: key > mean + gamma*(max - min) (authors' default)
+    em_mil_alternate_epochs: int = 1       # after warm-up: E, M, E, ... blocks of this many epochs (authors: 1)
+    # poibin (ours, reconstructed): expected positives per labelled (video, modality, class) = fraction * T;
+    # 0.6 ~ the LLP val+test share of a labelled class's segments that are positive (0.67 audio, 0.53 visual)
+    poibin_positive_fraction: float = 0.6
     # MIL loss options (HAN)
     modality_losses: bool = False          # HAN's extra per-modality BCE terms
     visual_label_smoothing: float = 0.0    # HAN: Pv = (1-eps)*W + eps*0.5 with eps = 0.1
 
     def validate(self, prefix: str = "ppl") -> None:
         _check_finite(self, prefix)
-        _check(self.labeler in ("none", "pl", "ppl_hard", "ppl_soft"), f"{prefix}.labeler",
-               f"must be one of none, pl, ppl_hard, ppl_soft, got {self.labeler!r}")
+        _check(self.labeler in LABELERS, f"{prefix}.labeler",
+               f"must be one of {', '.join(LABELERS)}, got {self.labeler!r}")
         _check(isinstance(self.tau, (int, float)) and self.tau > 0, f"{prefix}.tau", f"must be > 0, got {self.tau!r}")
         _check(self.tau >= 1e-6, f"{prefix}.tau", f"must be >= 1e-6 (smaller overflows the float32 similarities; "
                f"ppl_hard is the tau -> 0 limit), got {self.tau!r}")
@@ -135,4 +156,23 @@ class PPLConfig:
             _check(isinstance(getattr(self, name), int) and getattr(self, name) >= 0, f"{prefix}.{name}",
                    "must be an integer >= 0")
         _check(0.0 <= self.visual_label_smoothing < 1.0, f"{prefix}.visual_label_smoothing", "must be in [0, 1)")
+        _check(self.prototype_assignment in ("nearest", "sinkhorn"), f"{prefix}.prototype_assignment",
+               f"must be nearest or sinkhorn, got {self.prototype_assignment!r}")
+        _check(self.sinkhorn_epsilon > 0, f"{prefix}.sinkhorn_epsilon", f"must be > 0, got {self.sinkhorn_epsilon!r}")
+        _check(isinstance(self.sinkhorn_iterations, int) and 1 <= self.sinkhorn_iterations <= 100,
+               f"{prefix}.sinkhorn_iterations", "must be an integer in [1, 100] (one all-reduce each per step)")
+        _check(isinstance(self.reestimate_every, int) and self.reestimate_every >= 0, f"{prefix}.reestimate_every",
+               "must be an integer >= 0 (0 = re-estimate every step)")
+        _check(0.0 <= self.em_mil_gamma < 1.0, f"{prefix}.em_mil_gamma",
+               f"must be in [0, 1), got {self.em_mil_gamma!r}")
+        _check(isinstance(self.em_mil_alternate_epochs, int) and self.em_mil_alternate_epochs >= 1,
+               f"{prefix}.em_mil_alternate_epochs", "must be an integer >= 1")
+        _check(0.0 < self.poibin_positive_fraction < 1.0, f"{prefix}.poibin_positive_fraction",
+               f"must be in (0, 1), got {self.poibin_positive_fraction!r}")
+
+
+def check_compatible(network: NetworkConfig, ppl: PPLConfig) -> None:
+    """Cross-section rules a run config must satisfy (PPL's constructor calls this)."""
+    _check(ppl.labeler != "em_mil" or network.key_instance_head, "ppl.labeler",
+           "em_mil needs model.key_instance_head=true (its class-agnostic key-instance head)")
 

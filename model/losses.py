@@ -33,24 +33,27 @@ def mil_loss(out: ParserOutput, weak_labels: Tensor, cfg: PPLConfig) -> Tensor:
     return loss
 
 
-def pseudo_label_loss(frame_prob: Tensor, labels: PseudoLabels) -> Tensor:
-    """BCE(p_hat_t^m, q_t^m) over segments and modalities, weighted by the labeler's mask."""
-    return bce(frame_prob, labels.targets, labels.weights)
+def pseudo_label_loss(out: ParserOutput, labels: PseudoLabels) -> Tensor:
+    """BCE(p_hat_t^m, q_t^m) over segments and modalities, weighted by the labeler's mask; plus, in EM-MIL's
+    E-step, BCE of the key-instance head against its targets in both modalities (means where the authors
+    sum over classes and streams: the scale is lambda_pl's)."""
+    loss = bce(out.frame_prob, labels.targets, labels.weights)
+    if labels.key_targets is not None:
+        loss = loss + bce(out.key_prob, labels.key_targets.unsqueeze(-1).expand_as(out.key_prob))
+    return loss
 
 
 def prototype_contrastive_loss(features: Tensor, bank: PrototypeBank, labels: PseudoLabels, tau: float) -> Tensor:
-    """Pull each segment's online feature to its pseudo-label's prototype, against all other classes."""
-    decided = labels.assignment >= 0
-    if not decided.any():
-        return features.sum() * 0.0
-    sim, _ = bank.nearest(bank.embed(features))                  # (B, T, M, C+1), -inf if uninitialised
-    logits = sim[decided] / tau
-    target = labels.assignment[decided]
-    usable = torch.isfinite(logits.gather(1, target[:, None])).squeeze(1)
-    if not usable.any():
-        return features.sum() * 0.0
-    logits = logits[usable].masked_fill(~torch.isfinite(logits[usable]), -1e4)
-    return F.cross_entropy(logits, target[usable])
+    """InfoNCE: pull each segment's online feature to its pseudo-label's prototype (the nearest of that class's
+    K) against the nearest prototype of every other initialised class. Mean over the segments whose pseudo-label
+    has a prototype; written without data-dependent shapes or host reads (one graph on any device)."""
+    sim, _ = bank.nearest(bank.embed(features))                     # (B, T, M, C+1), -inf if uninitialised
+    target = labels.assignment.clamp_min(0)                          # (B, T, M); -1 (undecided) masked below
+    usable = (labels.assignment >= 0) & torch.isfinite(sim.gather(-1, target.unsqueeze(-1)).squeeze(-1))
+    logits = (sim / tau).masked_fill(~torch.isfinite(sim), -1e4)
+    per_segment = F.cross_entropy(logits.flatten(0, 2), target.flatten(), reduction="none")
+    weight = usable.flatten().to(per_segment.dtype)
+    return (per_segment * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 def pl_weight_at(epoch: int, cfg: PPLConfig) -> float:
@@ -78,8 +81,9 @@ def total_loss(out: ParserOutput, weak_labels: Tensor, labels: PseudoLabels | No
     mil = mil_loss(out, weak_labels, cfg)
     zero = mil.new_zeros(())
     weight = pl_weight_at(epoch, cfg)
-    pseudo = pseudo_label_loss(out.frame_prob, labels) if labels is not None and weight > 0 else zero
-    use_con = labels is not None and weight > 0 and cfg.contrastive_weight > 0 and cfg.labeler != "pl"
+    pseudo = pseudo_label_loss(out, labels) if labels is not None and weight > 0 else zero
+    use_con = (labels is not None and weight > 0 and cfg.contrastive_weight > 0
+               and cfg.labeler in ("ppl_hard", "ppl_soft"))                 # needs prototype assignments
     con = prototype_contrastive_loss(out.features, bank, labels, cfg.contrastive_tau) if use_con else zero
     ramp = weight / cfg.pl_weight if cfg.pl_weight > 0 else 0.0
     total = mil + weight * pseudo + cfg.contrastive_weight * ramp * con

@@ -1,7 +1,8 @@
 """The audio-visual parser (seed §1, Eq. 1-7): projection, aggregation, segment classifier, MMIL.
 
 Layouts: audio (B, T, Da); visual_2d (B, T, D2) pooled or (B, F*T, D2) frames; visual_3d (B, T, D3).
-Output features (B, T, M, d) and frame_prob (B, T, M, C), M = 2 with audio first.
+Output features (B, T, M, d) and frame_prob (B, T, M, C), M = 2 with audio first; with
+``model.key_instance_head`` also EM-MIL's class-agnostic key_prob (B, T, M).
 """
 from __future__ import annotations
 
@@ -21,10 +22,11 @@ class ParserOutput:
     frame_prob: Tensor      # (B, T, M, C) segment probabilities p_t^m (Eq. 5)
     modality_prob: Tensor   # (B, M, C) video-level P^a, P^v (Eq. 6)
     global_prob: Tensor     # (B, C) video-level P (Eq. 6, attention over modalities)
+    key_prob: Tensor | None = None   # (B, T, M) EM-MIL key-instance probability (model.key_instance_head)
 
     def detach(self) -> "ParserOutput":
-        return ParserOutput(*(t.detach() for t in (self.features, self.frame_prob, self.modality_prob,
-                                                    self.global_prob)))
+        return ParserOutput(*(None if t is None else t.detach() for t in (
+            self.features, self.frame_prob, self.modality_prob, self.global_prob, self.key_prob)))
 
 
 def pool_frames(visual_2d: Tensor, num_segments: int) -> Tensor:
@@ -143,6 +145,26 @@ class AttentiveMMIL(nn.Module):
         return frame_prob, modality_prob, global_prob
 
 
+class KeyInstanceHead(nn.Module):
+    """EM-MIL's class-agnostic key-instance model (Luo et al. 2020), one per modality as the authors keep one
+    per stream (RGB, flow): hidden 256 -> ReLU -> 1 -> sigmoid. The authors' version is a separate network
+    trained only by the E-step, so here it reads the shared features detached: its loss never shapes the parser.
+    Position-wise (the authors' first layer is a kernel-3 temporal conv; our features already carry Eq. 2-3's
+    temporal context)."""
+
+    hidden = 256   # the authors' width
+
+    def __init__(self, cfg: NetworkConfig, num_modalities: int = 2):
+        super().__init__()
+        self.heads = nn.ModuleList(nn.Sequential(nn.Linear(cfg.model_dim, self.hidden), nn.ReLU(),
+                                                 nn.Linear(self.hidden, 1)) for _ in range(num_modalities))
+
+    def forward(self, features: Tensor) -> Tensor:
+        features = features.detach()                                              # (B, T, M, d)
+        logits = [head(features[:, :, m]) for m, head in enumerate(self.heads)]   # M x (B, T, 1)
+        return torch.sigmoid(torch.cat(logits, dim=-1))                           # (B, T, M)
+
+
 class AudioVisualParser(nn.Module):
     """Projection -> aggregation -> classifier + MMIL. The ``preset`` picks HAN's or our PPL blocks."""
 
@@ -155,6 +177,7 @@ class AudioVisualParser(nn.Module):
         else:
             self.projection, self.aggregation = HANProjection(cfg), HANAggregation(cfg)
         self.mmil = AttentiveMMIL(cfg)
+        self.key_instance = KeyInstanceHead(cfg) if cfg.key_instance_head else None
 
     def forward(self, audio: Tensor, visual_2d: Tensor, visual_3d: Tensor) -> ParserOutput:
         visual_2d = pool_frames(visual_2d, audio.shape[1])
@@ -162,4 +185,5 @@ class AudioVisualParser(nn.Module):
         audio_agg, visual_agg = self.aggregation(audio_hat, visual_hat)         # Eq. 2-3
         features = torch.stack([audio_agg, visual_agg], dim=2)                  # (B, T, M, d)
         frame_prob, modality_prob, global_prob = self.mmil(features)
-        return ParserOutput(features, frame_prob, modality_prob, global_prob)
+        key_prob = self.key_instance(features) if self.key_instance is not None else None
+        return ParserOutput(features, frame_prob, modality_prob, global_prob, key_prob)

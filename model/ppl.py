@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from model.config import NetworkConfig, PPLConfig
+from model.config import NetworkConfig, PPLConfig, check_compatible
 from model.losses import LossTerms, total_loss
 from model.momentum import MomentumEncoder
 from model.network import AudioVisualParser, ParserOutput
@@ -27,24 +27,38 @@ class PPL(nn.Module):
     def __init__(self, network_cfg: NetworkConfig, ppl_cfg: PPLConfig, seed: int = 0):
         super().__init__()
         ppl_cfg.validate()
+        check_compatible(network_cfg, ppl_cfg)
         self.cfg = ppl_cfg
         self.network = AudioVisualParser(network_cfg)
-        # only prototype labelers read momentum features; Base and naive PL need no EMA copy
+        # only prototype labelers read momentum features; Base, pl, em_mil and poibin read the online model
         self.momentum = MomentumEncoder(self.network, ppl_cfg.ema_decay if self.uses_bank else None,
                                         warmup=ppl_cfg.ema_warmup)
         self.bank = PrototypeBank(network_cfg.num_classes, network_cfg.model_dim, ppl_cfg.prototypes_per_class,
-                                  ppl_cfg.bank_momentum, seed=seed, center=ppl_cfg.center_features)
+                                  ppl_cfg.bank_momentum, seed=seed, center=ppl_cfg.center_features,
+                                  assignment=ppl_cfg.prototype_assignment, sinkhorn_epsilon=ppl_cfg.sinkhorn_epsilon,
+                                  sinkhorn_iterations=ppl_cfg.sinkhorn_iterations,
+                                  keep_snapshot=self.uses_bank and ppl_cfg.reestimate_every > 0)
 
     @property
     def uses_bank(self) -> bool:
-        """Prototype labelers read momentum features and keep a bank; Base and naive PL do not."""
+        """Prototype labelers read momentum features and keep a bank; the others do not."""
         return self.cfg.labeler in ("ppl_hard", "ppl_soft")
 
+    def labelling_bank(self, epoch: int) -> PrototypeBank:
+        """The bank pseudo-labels are read from. ``reestimate_every`` = N > 0 (EM): after warm-up, the bank frozen
+        when the current N-epoch cycle began (E-step) while the model trains on its labels (M-step) and the
+        live bank keeps collecting for the next cycle; N = 0 (and during warm-up): the live bank."""
+        every, warmup = self.cfg.reestimate_every, self.cfg.warmup_epochs
+        if every == 0 or not self.uses_bank or epoch < warmup:
+            return self.bank
+        return self.bank.frozen_at(warmup + (epoch - warmup) // every * every)
+
     def losses(self, online: ParserOutput, inputs: tuple[Tensor, ...], weak_labels: Tensor, epoch: int) -> StepOutput:
-        """Momentum forward, pseudo-labels from the current bank, and the loss terms."""
+        """Momentum forward, pseudo-labels from the labelling bank, and the loss terms."""
         momentum = self.momentum(online, *inputs)     # without an EMA copy: online, detached
-        labels = make_pseudo_labels(self.cfg, online, momentum, self.bank, weak_labels)
-        return StepOutput(total_loss(online, weak_labels, labels, self.bank, self.cfg, epoch), online, momentum, labels)
+        bank = self.labelling_bank(epoch)
+        labels = make_pseudo_labels(self.cfg, online, momentum, bank, weak_labels, epoch)
+        return StepOutput(total_loss(online, weak_labels, labels, bank, self.cfg, epoch), online, momentum, labels)
 
     @torch.no_grad()
     def after_optimizer_step(self, online_network: nn.Module, momentum: ParserOutput, weak_labels: Tensor,
@@ -57,4 +71,4 @@ class PPL(nn.Module):
         negatives = None
         if self.cfg.background == "negatives":   # every segment of a video without class c
             negatives = ~weak_labels.bool()                                          # (B, C)
-        return self.bank.update(momentum.features, members, reducer, negatives)
+        return self.bank.update(momentum.features, members, reducer, negatives)   # sinkhorn: + 1 reduce per iteration

@@ -8,6 +8,12 @@ An update is split in two so the distributed layer can all-reduce in between:
 ``collect`` packs per-(m, c, k) feature sums and counts into ONE flat buffer, a reducer
 (identity, or an all-reduce SUM across ranks) combines buffers, ``apply`` blends the means
 into the bank. Every rank applying the same reduced buffer keeps the bank identical everywhere.
+
+K > 1 (ours, docs/method.md): which of its class's K slots a key segment updates is ``nearest`` (online
+spherical k-means) or ``sinkhorn`` (SwAV's balanced codes over the step's key segments of all ranks: the
+column sums of the Sinkhorn iterations go through the same reducer). A slot no segment has reached yet
+waits next to its class's latest mean (LBG splitting), so all K slots take part.
+With ``keep_snapshot`` the bank also holds a frozen copy for the re-estimation schedule (``frozen_at``).
 """
 from __future__ import annotations
 
@@ -20,6 +26,9 @@ from torch import Tensor, nn
 from model.config import PPLConfig
 
 Reducer = Callable[[Tensor], Tensor]
+
+SPLIT_SPREAD = 0.1   # a seeded slot starts at cos ~0.995 to its class mean; only sets the first steps' partition
+TIE_TOLERANCE = 1e-4  # balanced codes this close to the best count as tied (exact when n_class < K)
 
 
 def identity_reducer(buffer: Tensor) -> Tensor:
@@ -55,13 +64,18 @@ class PrototypeBank(nn.Module):
     """Buffers: ``prototypes`` (M, C+1, K, d) unit norm; ``initialized`` (M, C+1, K) bool."""
 
     def __init__(self, num_classes: int, dim: int, prototypes_per_class: int = 1, momentum: float = 0.99,
-                 num_modalities: int = 2, seed: int = 0, center: bool = False):
+                 num_modalities: int = 2, seed: int = 0, center: bool = False, assignment: str = "nearest",
+                 sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, keep_snapshot: bool = False):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"bank_momentum: must be in [0, 1), got {momentum!r}")
+        if assignment not in ("nearest", "sinkhorn"):
+            raise ValueError(f"prototype_assignment: must be nearest or sinkhorn, got {assignment!r}")
         generator = torch.Generator().manual_seed(seed)
         shape = (num_modalities, num_classes + 1, prototypes_per_class)
         self.register_buffer("prototypes", F.normalize(torch.randn(*shape, dim, generator=generator), dim=-1))
+        # each slot's own random direction, for seeding slots no segment has reached (rebuilt from the seed)
+        self.register_buffer("split_directions", self.prototypes.clone(), persistent=False)
         self.register_buffer("initialized", torch.zeros(shape, dtype=torch.bool))
         self.register_buffer("negatives", torch.zeros(num_modalities, num_classes, dim))
         self.register_buffer("negatives_initialized", torch.zeros(num_modalities, num_classes, dtype=torch.bool))
@@ -71,6 +85,15 @@ class PrototypeBank(nn.Module):
         self.centered = center
         self.momentum = momentum
         self.num_classes = num_classes
+        self.assignment = assignment
+        self.sinkhorn_epsilon, self.sinkhorn_iterations = sinkhorn_epsilon, sinkhorn_iterations
+        self.snapshot: PrototypeBank | None = None
+        if keep_snapshot:   # the bank as of the last re-estimation; its epoch is saved with it
+            self.snapshot = PrototypeBank(num_classes, dim, prototypes_per_class, momentum, num_modalities, seed,
+                                          center)
+            self.register_buffer("snapshot_epoch", torch.tensor(-1, dtype=torch.long))
+            self._snapshot_epoch = -1          # host copy: no device read per step
+            self.register_load_state_dict_post_hook(lambda bank, _: bank._read_snapshot_epoch())
 
     @property
     def background(self) -> int:
@@ -99,18 +122,30 @@ class PrototypeBank(nn.Module):
         return sim.masked_fill(~self.negatives_initialized[None, None], float("-inf"))
 
     @torch.no_grad()
-    def collect(self, features: Tensor, members: Tensor, negative_members: Tensor | None = None) -> Tensor:
+    def assign(self, features: Tensor, members: Tensor, reducer: Reducer = identity_reducer) -> Tensor:
+        """Which of its class's K slots (initialised or not) each member updates: one-hot (B, T, M, C+1, K),
+        zero for non-members. features (B, T, M, d) from ``embed``; members (B, T, M, C+1) bool."""
+        sim = torch.einsum("btmd,mckd->btmck", features, self.prototypes)
+        if self.assignment == "sinkhorn":
+            codes = balanced_codes(sim, members, self.sinkhorn_epsilon, self.sinkhorn_iterations, reducer)
+            tied = codes >= codes.amax(dim=-1, keepdim=True) * (1.0 - TIE_TOLERANCE)
+            choice = sim.masked_fill(~tied, float("-inf")).argmax(dim=-1)     # ties go to the nearest slot
+        else:
+            choice = sim.argmax(dim=-1)
+        return F.one_hot(choice, self.prototypes.shape[2]).to(features.dtype) * members.unsqueeze(-1).to(features.dtype)
+
+    @torch.no_grad()
+    def collect(self, features: Tensor, members: Tensor, negative_members: Tensor | None = None,
+                reducer: Reducer = identity_reducer) -> Tensor:
         """Pack sums and counts per (m, c, k) — and per (m, c) for negatives — into one flat buffer.
 
         features (B, T, M, d) raw momentum features (embedded here); members (B, T, M, C+1) bool;
-        negative_members (B, T, M, C) bool, or (B, C) for whole videos (T times cheaper), or None. Each member is assigned to the nearest of its
-        class's K prototypes (initialised or not).
+        negative_members (B, T, M, C) bool, or (B, C) for whole videos (T times cheaper), or None. Members
+        go to slots by ``assign`` (``reducer`` carries sinkhorn's column sums; nearest never calls it).
         """
         raw = features.float()
         features = self.embed(raw)
-        sim = torch.einsum("btmd,mckd->btmck", features, self.prototypes)
-        assign = F.one_hot(sim.argmax(dim=-1), self.prototypes.shape[2]).to(features.dtype)  # (B,T,M,C+1,K)
-        weights = assign * members.unsqueeze(-1).to(features.dtype)
+        weights = self.assign(features, members, reducer)                      # (B, T, M, C+1, K)
         sums = torch.einsum("btmck,btmd->mckd", weights, features)
         counts = weights.sum(dim=(0, 1))
         if negative_members is None:
@@ -150,7 +185,8 @@ class PrototypeBank(nn.Module):
             parts.append(buffer[start:start + n].view(shape).to(dtype))
             start += n
         sums, counts, neg_sums, neg_counts, center_sums, center_counts = parts
-        self.prototypes.copy_(self._blend(self.prototypes, self.initialized, sums, counts))
+        prototypes = self._blend(self.prototypes, self.initialized, sums, counts)
+        self.prototypes.copy_(self._seed_empty_slots(prototypes, sums, counts))
         self.initialized |= counts > 0
         self.negatives.copy_(self._blend(self.negatives, self.negatives_initialized, neg_sums, neg_counts))
         self.negatives_initialized |= neg_counts > 0
@@ -160,8 +196,53 @@ class PrototypeBank(nn.Module):
         self.center_initialized |= center_counts > 0
         return counts
 
+    def _seed_empty_slots(self, prototypes: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
+        """Slots still never assigned, in a class that has key segments this step, move next to that step's class
+        mean, each pushed along its own random initial direction (LBG splitting). Left at their random start
+        they would lose every segment to the slots already set, and K > 1 would collapse to the few slots the
+        first steps happened to hit. They stay uninitialised (no pseudo-label) until a segment is assigned."""
+        class_mean = F.normalize(sums.sum(dim=2), dim=-1).unsqueeze(2)              # (M, C+1, 1, d)
+        direction = self.split_directions - (self.split_directions * class_mean).sum(-1, keepdim=True) * class_mean
+        seeded = F.normalize(class_mean + SPLIT_SPREAD * F.normalize(direction, dim=-1), dim=-1)
+        has_keys = counts.sum(dim=-1, keepdim=True) > 0                              # (M, C+1, 1)
+        empty = (has_keys & (counts == 0) & ~self.initialized).unsqueeze(-1)        # (M, C+1, K, 1)
+        return torch.where(empty, seeded, prototypes)
+
     @torch.no_grad()
     def update(self, features: Tensor, members: Tensor, reducer: Reducer = identity_reducer,
                negative_members: Tensor | None = None) -> Tensor:
         """One bank step: collect -> reducer (e.g. all-reduce SUM of the packed buffer) -> apply."""
-        return self.apply(reducer(self.collect(features, members, negative_members)))
+        return self.apply(reducer(self.collect(features, members, negative_members, reducer)))
+
+    @torch.no_grad()
+    def frozen_at(self, epoch: int) -> "PrototypeBank":
+        """The bank as it was when ``epoch``'s first call came (re-estimation's E-step), copied then."""
+        if self.snapshot is None:
+            raise ValueError("ppl.reestimate_every: this bank keeps no snapshot (built with keep_snapshot=False)")
+        if self._snapshot_epoch != epoch:
+            for name, buffer in self.snapshot.named_buffers():
+                buffer.copy_(self.get_buffer(name))
+            self.snapshot_epoch.fill_(epoch)
+            self._snapshot_epoch = epoch
+        return self.snapshot
+
+    def _read_snapshot_epoch(self) -> None:
+        self._snapshot_epoch = int(self.snapshot_epoch)   # once per load_state_dict (a resumed run)
+
+
+def balanced_codes(sim: Tensor, members: Tensor, epsilon: float, iterations: int, reducer: Reducer) -> Tensor:
+    """Sinkhorn-Knopp as in SwAV (Caron et al. 2020): per (modality, class), the step's key segments of ALL
+    ranks are spread evenly over the class's K slots. sim (B, T, M, C+1, K) cosines; members (B, T, M, C+1).
+
+    Codes start as softmax(sim / epsilon) per segment; each iteration scales every slot's column to n/K
+    (n = the class's key segments over all ranks: the column sums go through ``reducer``, one all-reduce
+    per iteration) and renormalises each segment's row to 1. Rows of non-members are 0.
+    """
+    mask = members.unsqueeze(-1).to(sim.dtype)                                    # (B, T, M, C+1, 1)
+    codes = torch.softmax(sim / epsilon, dim=-1) * mask
+    for _ in range(iterations):
+        column = reducer(codes.sum(dim=(0, 1)))                                   # (M, C+1, K), all ranks
+        per_slot = column.sum(dim=-1, keepdim=True) / sim.shape[-1]               # n / K
+        codes = codes * (per_slot / column.clamp_min(1e-12))
+        codes = codes / codes.sum(dim=-1, keepdim=True).clamp_min(1e-12) * mask
+    return codes

@@ -1,4 +1,5 @@
-"""Pseudo-labelers behind one interface (DESIGN §3.4): none (Base), pl, ppl_hard, ppl_soft.
+"""Pseudo-labelers behind one interface (DESIGN §3.4): none (Base), pl, ppl_hard, ppl_soft, and the seed's
+Table 2 competitors em_mil (Luo et al. 2020) and poibin (PoiBin-style, reconstructed; docs/method.md).
 
 Every labeler returns targets and loss weights for frame_prob (B, T, M, C). Targets are masked by
 the weak labels: a class absent from the video is 0 in every segment (true information, weight 1).
@@ -21,6 +22,7 @@ class PseudoLabels:
     targets: Tensor      # (B, T, M, C) in [0, 1]
     weights: Tensor      # (B, T, M, C) loss weight per entry (0 = no loss)
     assignment: Tensor   # (B, T, M) hard class in 0..C (C = background), -1 where undecided/gated out
+    key_targets: Tensor | None = None   # (B, T) EM-MIL E-step target of the key-instance head, else None
 
 
 def _labelled_similarities(embedded: Tensor, bank: PrototypeBank, weak_labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -85,17 +87,95 @@ def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: 
 def naive_pseudo_labels(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig) -> PseudoLabels:
     """Base+PL: the model's own thresholded predictions as targets (the seed: does not help)."""
     targets = ((frame_prob.detach() >= cfg.pl_threshold) & weak_labels.bool()[:, None, None, :]).float()
-    assignment = torch.full(frame_prob.shape[:3], -1, dtype=torch.long, device=frame_prob.device)
-    return PseudoLabels(targets=targets, weights=torch.ones_like(targets), assignment=assignment)
+    return PseudoLabels(targets=targets, weights=torch.ones_like(targets), assignment=_undecided(frame_prob))
+
+
+def _undecided(frame_prob: Tensor) -> Tensor:
+    """The assignment of labelers without prototypes: -1 everywhere (B, T, M)."""
+    return torch.full(frame_prob.shape[:3], -1, dtype=torch.long, device=frame_prob.device)
+
+
+def em_mil_phase(epoch: int, cfg: PPLConfig) -> str:
+    """EM-MIL's alternation (the authors' schedule after their warm-up): blocks of ``em_mil_alternate_epochs``
+    epochs, E first (the key-instance head learns from the classifier before the classifier learns from it).
+    Our MIL warm-up plays the authors' first M-step on all segments of positive bags."""
+    block = max(epoch - cfg.warmup_epochs, 0) // cfg.em_mil_alternate_epochs
+    return "E" if block % 2 == 0 else "M"
+
+
+def key_instances(key_prob: Tensor, gamma: float) -> Tensor:
+    """EM-MIL Eq. 5 as in the authors' code: ONE class-agnostic set of key instances per video. The key score
+    is the mean of the two streams' heads (RGB and flow there, audio and visual here), and a segment is a key
+    instance where it exceeds mean_t + gamma * (max_t - min_t). key_prob (B, T, M) -> (B, T) bool."""
+    key = key_prob.mean(dim=2)                                                     # (B, T)
+    spread = key.amax(dim=1, keepdim=True) - key.amin(dim=1, keepdim=True)
+    return key > key.mean(dim=1, keepdim=True) + gamma * spread
+
+
+def key_instance_targets(frame_prob: Tensor, weak_labels: Tensor) -> Tensor:
+    """EM-MIL's E-step target of the key-instance head (authors' code): a segment is a key instance if, for
+    some labelled class, the classifier averaged over the streams is above its own mean over time. (B, T)."""
+    class_prob = frame_prob.mean(dim=2)                                           # (B, T, C)
+    above = (class_prob > class_prob.mean(dim=1, keepdim=True)) & weak_labels.bool()[:, None, :]
+    return above.any(dim=-1).float()
+
+
+def em_mil_pseudo_labels(online: ParserOutput, weak_labels: Tensor, cfg: PPLConfig, epoch: int) -> PseudoLabels:
+    """EM-MIL on AVVP. Targets are always the M-step's: every labelled class, in both modalities, is 1 exactly
+    on the video's key instances — all events co-occur, the assumption the seed says fails on AVVP, kept on
+    purpose. M-epochs train the classifier on them (and on the negative classes); E-epochs train the
+    key-instance head instead (``key_targets``) and leave the labelled classes without pseudo-label loss."""
+    frame_prob = online.frame_prob.detach()
+    keys = key_instances(online.key_prob.detach(), cfg.em_mil_gamma)              # (B, T)
+    labelled = weak_labels.bool()[:, None, None, :]                               # (B, 1, 1, C)
+    targets = (keys[:, :, None, None] & labelled).expand_as(frame_prob).float()   # (B, T, M, C)
+    m_step = em_mil_phase(epoch, cfg) == "M"
+    weights = (~labelled | m_step).expand_as(frame_prob).float()
+    key_targets = None if m_step else key_instance_targets(frame_prob, weak_labels)
+    return PseudoLabels(targets=targets, weights=weights, assignment=_undecided(frame_prob), key_targets=key_targets)
+
+
+POIBIN_SHIFT_RANGE = 30.0   # |logit shift| searched; logits are clamped to +-13.8, so the count is bracketed
+POIBIN_BISECTIONS = 40      # bracket width 60 / 2**40: float32-exact
+
+
+def count_matched_probabilities(frame_prob: Tensor, expected_count: float) -> Tensor:
+    """q_t = sigmoid(logit p_t + b), with per (video, modality, class) the one shift b for which the expected
+    number of positive segments — the mean of the Poisson-binomial count N of independent Bernoulli(q_t),
+    E[N] = sum_t q_t — equals ``expected_count``. Among product-Bernoulli laws with that mean this is the one
+    closest to the model's (KL); sum_t q_t grows with b, so bisection finds it. (B, T, M, C) -> (B, T, M, C)."""
+    logits = torch.logit(frame_prob.float().clamp(1e-6, 1.0 - 1e-6))
+    low = torch.full_like(logits[:, :1], -POIBIN_SHIFT_RANGE)                     # (B, 1, M, C)
+    high = torch.full_like(low, POIBIN_SHIFT_RANGE)
+    for _ in range(POIBIN_BISECTIONS):
+        middle = (low + high) / 2
+        too_many = torch.sigmoid(logits + middle).sum(dim=1, keepdim=True) > expected_count
+        high, low = torch.where(too_many, middle, high), torch.where(too_many, low, middle)
+    return torch.sigmoid(logits + (low + high) / 2)
+
+
+def poibin_pseudo_labels(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig) -> PseudoLabels:
+    """PoiBin-style on our network (reconstructed, not a reproduction): the model's own segment probabilities of
+    each labelled class, tilted so the expected count of positives is ``poibin_positive_fraction * T`` in each
+    modality — a fixed proportion of positives, also for an event the modality does not carry."""
+    frame_prob = frame_prob.detach()
+    matched = count_matched_probabilities(frame_prob, cfg.poibin_positive_fraction * frame_prob.shape[1])
+    labelled = weak_labels.bool()[:, None, None, :].expand_as(matched)
+    targets = torch.where(labelled, matched, torch.zeros_like(matched))
+    return PseudoLabels(targets=targets, weights=torch.ones_like(targets), assignment=_undecided(frame_prob))
 
 
 def make_pseudo_labels(cfg: PPLConfig, online: ParserOutput, momentum: ParserOutput, bank: PrototypeBank,
-                       weak_labels: Tensor) -> PseudoLabels | None:
-    """Dispatch on ``cfg.labeler``; None for Base."""
+                       weak_labels: Tensor, epoch: int) -> PseudoLabels | None:
+    """Dispatch on ``cfg.labeler``; None for Base. ``bank``: the one pseudo-labels are read from."""
     if cfg.labeler == "none":
         return None
     if cfg.labeler == "pl":
         return naive_pseudo_labels(online.frame_prob, weak_labels, cfg)
+    if cfg.labeler == "em_mil":
+        return em_mil_pseudo_labels(online, weak_labels, cfg, epoch)
+    if cfg.labeler == "poibin":
+        return poibin_pseudo_labels(online.frame_prob, weak_labels, cfg)
     return prototype_pseudo_labels(momentum.features, bank, weak_labels, cfg, hard=cfg.labeler == "ppl_hard")
 
 

@@ -146,3 +146,30 @@ def test_a_whole_ppl_step_builds_every_tensor_on_the_engine_device():
     dense = torch.zeros(b, t, 2, c, device=META)
     counts = pseudo_label_counts(step.labels, online.frame_prob, online.global_prob, weak, dense)
     assert counts.device == META
+
+
+@pytest.mark.parametrize("labeler, epoch, options, bank_reduces", [
+    ("em_mil", 0, {}, 0),                                           # E-step: the key-instance head's targets
+    ("em_mil", 1, {}, 0),                                           # M-step
+    ("poibin", 1, {}, 0),
+    ("ppl_soft", 1, {"prototypes_per_class": 3, "prototype_assignment": "sinkhorn", "contrastive_weight": 0.1,
+                     "reestimate_every": 2}, 3 + 1),                # sinkhorn's 3 column sums + the bank buffer
+], ids=["em_mil_E", "em_mil_M", "poibin", "ppl_soft_sinkhorn_k3_contrastive_reestimated"])
+def test_every_labeler_builds_its_step_on_the_engine_device(labeler, epoch, options, bank_reduces):
+    """The same whole step on meta for the labelers and bank options added after PPL's own."""
+    net = NetworkConfig(model_dim=16, audio_hidden=8, visual_hidden=16, key_instance_head=labeler == "em_mil")
+    method = PPL(net, PPLConfig(labeler=labeler, warmup_epochs=0, **options)).to(META)
+    b, t, c = 2, 10, 25
+    inputs = (torch.zeros(b, t, 128, device=META), torch.zeros(b, 8 * t, 2048, device=META),
+              torch.zeros(b, t, 512, device=META))
+    weak = torch.zeros(b, c, device=META)
+    online = method.network(*inputs)
+    step = method.losses(online, inputs, weak, epoch=epoch)
+    assert step.losses.total.device == META and step.labels.targets.device == META
+    assert step.labels.key_targets is None or step.labels.key_targets.device == META
+    comm, rules = meta_comm()
+    bank_counts = method.after_optimizer_step(method.network, step.momentum, weak, comm.sum_)
+    assert rules.calls == ["all_reduce"] * bank_reduces
+    assert bank_counts is None if bank_reduces == 0 else bank_counts.device == META
+    dense = torch.zeros(b, t, 2, c, device=META)
+    assert pseudo_label_counts(step.labels, online.frame_prob, online.global_prob, weak, dense).device == META

@@ -356,3 +356,67 @@ def test_ema_decay_warmup_follows_its_formula_and_forgets_the_initialisation():
     assert warmed_up_decay(0.999, 20_000) == 0.999          # the configured decay once the run is long enough
     name = next(iter(init))
     assert not torch.allclose(enc.ema.state_dict()[name], init[name])
+
+
+def clustered_key_segments(seed, steps=200, per_step=16, classes=5, k=3, dim=32):
+    """Key segments of ``classes`` classes, each drawn from k clusters around a shared offset, one key segment
+    per video and modality; yields (features (B, 1, 2, d), members (B, 1, 2, C+1)), then the cluster centres."""
+    g = torch.Generator().manual_seed(seed)
+    common = 2 * torch.randn(dim, generator=g)
+    class_offset = torch.randn(classes, 1, dim, generator=g)
+    centres = common + class_offset + 3 * torch.randn(classes, k, dim, generator=g) / dim**0.5
+    batches = []
+    for _ in range(steps):
+        cls = torch.randint(0, classes, (per_step,), generator=g)
+        cluster = torch.randint(0, k, (per_step,), generator=g)
+        x = centres[cls, cluster][:, None, None, :] + 0.5 * torch.randn(per_step, 1, 2, dim, generator=g) / dim**0.5
+        batches.append((x, F.one_hot(cls, classes + 1).bool()[:, None, None, :].expand(per_step, 1, 2, classes + 1)))
+    return batches, centres
+
+
+@pytest.mark.parametrize("assignment", ["nearest", "sinkhorn"])
+def test_every_one_of_k_slots_takes_part(assignment):
+    """K > 1 used to collapse: a slot is set by its first segment and the others, left at random directions,
+    lost every later segment to it (6-8 of 15 slots per modality here). Unreached slots now wait next to their
+    class mean, so all K are used, and they stay apart."""
+    batches, _ = clustered_key_segments(seed=0)
+    bank = PrototypeBank(5, 32, prototypes_per_class=3, momentum=0.9, center=True, assignment=assignment)
+    for features, members in batches:
+        bank.update(features, members)
+    assert bank.initialized[:, :5].all()
+    gram = torch.einsum("mckd,mcjd->mckj", bank.prototypes[:, :5], bank.prototypes[:, :5])
+    assert (gram - torch.eye(3) * 2 < 0.99).all()                           # pairwise distinct slots
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sinkhorn_slots_find_the_k_clusters_of_every_class(seed):
+    """Balanced codes make the K slots a clustering: each class's 3 clusters end up on 3 different slots.
+    (Nearest assignment, online k-means, strands slots in local optima on the same data: 0-1 of 5 classes.)"""
+    batches, centres = clustered_key_segments(seed)
+    bank = PrototypeBank(5, 32, prototypes_per_class=3, momentum=0.9, center=True, assignment="sinkhorn", seed=seed)
+    for features, members in batches:
+        bank.update(features, members)
+    embedded = bank.embed(centres.reshape(15, 1, 1, 32).expand(15, 1, 2, 32))            # (C*K, 1, M, d)
+    sim = torch.einsum("ntmd,mckd->ntmck", embedded, bank.prototypes)[:, 0]            # (C*K, M, C+1, K)
+    for c in range(5):
+        slots = sim[3 * c:3 * c + 3, :, c].argmax(dim=-1)                                 # (K clusters, M)
+        for m in range(2):
+            assert sorted(slots[:, m].tolist()) == [0, 1, 2], (c, m)
+
+
+def test_sinkhorn_codes_balance_a_class_over_its_slots_and_ties_go_to_the_nearest():
+    from model.prototypes import balanced_codes, identity_reducer
+
+    g = torch.Generator().manual_seed(0)
+    sim = torch.rand(6, 1, 1, 2, 3, generator=g)                            # 6 segments, 1 modality, C+1 = 2, K = 3
+    sim[:, 0, 0, 0] += torch.tensor([0.5, 0.0, 0.0])                         # all prefer slot 0
+    members = torch.zeros(6, 1, 1, 2, dtype=torch.bool)
+    members[:, 0, 0, 0] = True
+    codes = balanced_codes(sim, members, epsilon=0.05, iterations=50, reducer=identity_reducer)
+    assert torch.allclose(codes[:, 0, 0, 0].sum(dim=0), torch.full((3,), 2.0), atol=1e-3)   # n/K each
+    assert torch.allclose(codes.sum(dim=-1)[members], torch.ones(6)) and codes[~members].eq(0).all()
+    bank = PrototypeBank(1, 4, prototypes_per_class=3, assignment="sinkhorn")
+    one = torch.zeros(1, 1, 2, 2, dtype=torch.bool)
+    one[0, 0, :, 0] = True                                                  # a single key segment per modality ...
+    feature = bank.prototypes[:, 0, 1][None, None]                          # ... sitting on slot 1: (1, 1, M, d)
+    assert bank.assign(feature, one)[0, 0, :, 0].tolist() == [[0.0, 1.0, 0.0]] * 2

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from distributed.common.errors import ConfigError
-from model.config import NetworkConfig, PPLConfig
+from model.config import NetworkConfig, PPLConfig, check_compatible
 
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -93,6 +93,7 @@ class RunConfig:
         try:
             self.model.validate("model")
             self.ppl.validate("ppl")
+            check_compatible(self.model, self.ppl)
         except ValueError as err:
             raise ConfigError(str(err)) from None
         d, o, dist = self.data, self.optim, self.distributed

@@ -51,7 +51,7 @@ class TrainingState:
     best_score: float | None = None   # val seg Type@AV, or minus the val weak-label loss without dense truth
     best_epoch: int = -1
     history: list[dict] = field(default_factory=list)
-    counters: dict | None = None      # EpochCounters.state_dict() of the unfinished epoch
+    counters: list | None = None      # per rank: EpochCounters.state_dict() of the unfinished epoch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,8 +114,8 @@ def train_epoch(cfg: RunConfig, ctx: WorkerContext, method: PPL, engine, data, c
     engine.set_lr(learning_rate(cfg, epoch))
     method.network.train()
     counters = EpochCounters(comm)
-    if state.counters is not None:
-        counters.load_state_dict(state.counters)
+    if state.counters is not None and len(state.counters) == ctx.world_size:
+        counters.load_state_dict(state.counters[ctx.rank])     # each rank continues its own counts
     reducer = counters.timed_reducer()
     counters.start_clock()
     for batch in data.train(epoch, skip_batches=state.step):
@@ -129,7 +129,7 @@ def train_epoch(cfg: RunConfig, ctx: WorkerContext, method: PPL, engine, data, c
             console.batch(epoch + 1, state.step, data.num_train_batches)
         every = cfg.distributed.checkpoint_every_steps
         if every and state.global_step % every == 0 and state.step < data.num_train_batches:
-            state.counters = counters.state_dict()
+            state.counters = comm.gather_objects(counters.state_dict())   # rank 0 saves every rank's counts
             save_checkpoint(cfg, ctx, engine, method, state, metrics=None)
     return counters
 
