@@ -154,8 +154,8 @@ def _positive_floats(path: Path, arr: np.ndarray, n: int) -> np.ndarray:
     return values
 
 
-def _read_gt(path: Path, class_index: dict[str, int]) -> dict[str, dict]:
-    """gt.json's ``database``: {video: {"subset", "annotations": [(label, start, end)]}}."""
+def _read_json(path: Path):
+    """A JSON file, or a one-line DataError naming it."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -163,6 +163,12 @@ def _read_gt(path: Path, class_index: dict[str, int]) -> dict[str, dict]:
             data = json.load(fh)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise DataError(f"{path}: not readable JSON ({err})") from None
+    return data
+
+
+def _read_gt(path: Path, class_index: dict[str, int]) -> dict[str, dict]:
+    """gt.json's ``database``: {video: {"subset", "annotations": [(label, start, end)]}}."""
+    data = _read_json(path)
     database = data.get("database") if isinstance(data, dict) else None
     if not isinstance(database, dict):
         raise DataError(f"{path}: expected an object with a 'database' object of videos")
@@ -302,14 +308,7 @@ def read_proposals(path: str | os.PathLike, split: Thumos14Split, units: str) ->
     """Proposals of ``split`` from an ActivityNet result file; bad content is a one-line DataError."""
     if units not in UNITS:
         raise ConfigError(f"units: must be one of {', '.join(UNITS)}, got {units!r}")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: not readable JSON ({err})") from None
+    data = _read_json(Path(path))
     try:
         return from_activitynet(data, split.videos, split.classes, units)
     except ValueError as err:
