@@ -125,7 +125,7 @@ def folder_spec(feature_dir: str | os.PathLike, spec: FeatureSpec) -> FeatureSpe
     return spec if frames == spec.frames_per_segment else replace(spec, frames_per_segment=frames)
 
 
-def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     """Shape and dtype from the ``.npy`` header alone (a hostile header claiming 10**12 rows allocates nothing)."""
     try:
         with open(path, "rb") as fh:
@@ -144,9 +144,9 @@ def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     return tuple(shape), dtype
 
 
-def _load_checked(path: Path, shape: tuple[int, int]) -> np.ndarray:
+def load_checked(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """The file as float32, checked; finiteness is checked after the cast (1e300 in float64 is inf)."""
-    file_shape, dtype = _npy_header(path)
+    file_shape, dtype = npy_header(path)
     if dtype.hasobject:
         raise DataError(f"{path}: unreadable .npy file (an object array: reading it would unpickle; refused)")
     if dtype.kind != "f":
@@ -172,7 +172,7 @@ def _read_into(feature_dir: Path, vid: str, spec: FeatureSpec, pool_frames: bool
                out: dict[str, np.ndarray], index: int) -> None:
     shapes = spec.file_shapes()
     for key in FEATURE_KEYS:
-        arr = _load_checked(feature_path(feature_dir, vid, key), shapes[key])
+        arr = load_checked(feature_path(feature_dir, vid, key), shapes[key])
         if key == "visual_2d" and pool_frames and spec.frames_per_segment > 1:
             arr = arr.reshape(spec.num_segments, spec.frames_per_segment, spec.visual_2d_dim)
             np.mean(arr, axis=1, dtype=np.float32, out=out[key][index])

@@ -61,7 +61,7 @@ class SynthParams:
 
 
 # fixed shape constants of the feature model (documented in the module docstring)
-_LATENT = 64             # dimension of each modality's latent "semantic" space
+LATENT_DIM = 64             # dimension of each modality's latent "semantic" space
 _SCENE_SD = 0.7          # per-video scene vector (latent), x noise
 _VIDEO_JITTER = 0.3      # log-normal sd of a class's strength per video and modality
 _SEGMENT_JITTER = 0.2    # ... per audio segment / per visual frame
@@ -86,17 +86,17 @@ def single_threaded_blas():
     return threadpool_limits(1, user_api="blas")
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
+def unit_rows(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _embedding(rng: np.random.Generator, dim: int) -> np.ndarray:
+def latent_embedding(rng: np.random.Generator, dim: int) -> np.ndarray:
     """(LATENT, dim) map with orthogonal rows, scaled so a unit-variance latent gives unit-variance
     features (a latent direction keeps its norm up to sqrt(dim / LATENT))."""
-    if dim >= _LATENT:
-        q, _ = np.linalg.qr(rng.standard_normal((dim, _LATENT)))
-        return (q.T * math.sqrt(dim / _LATENT)).astype(np.float32)
-    return (rng.standard_normal((_LATENT, dim)) / math.sqrt(_LATENT)).astype(np.float32)
+    if dim >= LATENT_DIM:
+        q, _ = np.linalg.qr(rng.standard_normal((dim, LATENT_DIM)))
+        return (q.T * math.sqrt(dim / LATENT_DIM)).astype(np.float32)
+    return (rng.standard_normal((LATENT_DIM, dim)) / math.sqrt(LATENT_DIM)).astype(np.float32)
 
 
 class World:
@@ -109,13 +109,13 @@ class World:
 
     def _build(self, seed: int, spec: FeatureSpec, num_classes: int) -> None:
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0, 0, RNG_WORLD, 0]))
-        self.class_a = _unit_rows(rng.standard_normal((num_classes, _LATENT)))
-        self.class_v = _unit_rows(rng.standard_normal((num_classes, _LATENT)))
-        self.dis_a = _unit_rows(rng.standard_normal((_DISTRACTORS, _LATENT)))
-        self.dis_v = _unit_rows(rng.standard_normal((_DISTRACTORS, _LATENT)))
-        self.map_a = _embedding(rng, spec.audio_dim)
-        self.map_2 = _embedding(rng, spec.visual_2d_dim)
-        self.map_3 = _embedding(rng, spec.visual_3d_dim)
+        self.class_a = unit_rows(rng.standard_normal((num_classes, LATENT_DIM)))
+        self.class_v = unit_rows(rng.standard_normal((num_classes, LATENT_DIM)))
+        self.dis_a = unit_rows(rng.standard_normal((_DISTRACTORS, LATENT_DIM)))
+        self.dis_v = unit_rows(rng.standard_normal((_DISTRACTORS, LATENT_DIM)))
+        self.map_a = latent_embedding(rng, spec.audio_dim)
+        self.map_2 = latent_embedding(rng, spec.visual_2d_dim)
+        self.map_3 = latent_embedding(rng, spec.visual_3d_dim)
         self.mean_a = (0.5 * rng.standard_normal(spec.audio_dim)).astype(np.float32)
         self.mean_2 = rng.gamma(2.0, 0.25, spec.visual_2d_dim).astype(np.float32)
         self.mean_3 = rng.gamma(2.0, 0.25, spec.visual_3d_dim).astype(np.float32)
@@ -134,8 +134,8 @@ def video_features(world: World, rng: np.random.Generator, audio: np.ndarray, vi
     # --- audio latent: only the events heard
     strength_a = sig * np.exp(f32(_VIDEO_JITTER) * normal(c, dtype=f32))                   # (C,)
     amp_a = audio * strength_a * np.exp(f32(_SEGMENT_JITTER) * normal((t, c), dtype=f32))  # (T, C)
-    z_a = noise * normal((t, _LATENT), dtype=f32)
-    z_a += f32(_SCENE_SD) * noise * normal(_LATENT, dtype=f32)
+    z_a = noise * normal((t, LATENT_DIM), dtype=f32)
+    z_a += f32(_SCENE_SD) * noise * normal(LATENT_DIM, dtype=f32)
     z_a += (ctx * strength_a * audio.any(0)).astype(f32) @ world.class_a
     z_a += amp_a.astype(f32) @ world.class_a
     on = rng.random((t, _DISTRACTORS)) < _DISTRACTOR_RATE
@@ -148,16 +148,16 @@ def video_features(world: World, rng: np.random.Generator, audio: np.ndarray, vi
     strength_v = f32(_VISUAL_GAIN) * sig * np.exp(f32(_VIDEO_JITTER) * normal(c, dtype=f32))
     amp_f = (visual[:, None, :] * strength_v
              * np.exp(f32(_SEGMENT_JITTER) * normal((t, frames, c), dtype=f32))).astype(f32)  # (T, F, C)
-    z_v = noise * normal((t, _LATENT), dtype=f32)                                          # (T, L)
-    z_v += f32(_SCENE_SD) * noise * normal(_LATENT, dtype=f32)
+    z_v = noise * normal((t, LATENT_DIM), dtype=f32)                                          # (T, L)
+    z_v += f32(_SCENE_SD) * noise * normal(LATENT_DIM, dtype=f32)
     z_v += (ctx * strength_v * visual.any(0)).astype(f32) @ world.class_v
     on = rng.random((t, _DISTRACTORS)) < _DISTRACTOR_RATE
     z_v += (on * f32(_DISTRACTOR_GAIN) * sig).astype(f32) @ world.dis_v
-    z_f = f32(_FRAME_NOISE) * noise * normal((t, frames, _LATENT), dtype=f32)
+    z_f = f32(_FRAME_NOISE) * noise * normal((t, frames, LATENT_DIM), dtype=f32)
     z_f += z_v[:, None, :]
-    z_f += (amp_f.reshape(t * frames, c) @ world.class_v).reshape(t, frames, _LATENT)
+    z_f += (amp_f.reshape(t * frames, c) @ world.class_v).reshape(t, frames, LATENT_DIM)
     x_2 = feat_sd * normal((t * frames, spec.visual_2d_dim), dtype=f32)
-    x_2 += z_f.reshape(t * frames, _LATENT) @ world.map_2
+    x_2 += z_f.reshape(t * frames, LATENT_DIM) @ world.map_2
     x_2 *= f32(_VISUAL_SCALE)
     x_2 += world.mean_2
     np.maximum(x_2, 0, out=x_2)
@@ -172,7 +172,7 @@ def video_features(world: World, rng: np.random.Generator, audio: np.ndarray, vi
         smooth[1:] += k0 * amp_3[:-1]
         smooth[:-1] += k2 * amp_3[1:]
         amp_3 = smooth
-    z_3 = f32(_OWN_3D_NOISE) * noise * normal((t, _LATENT), dtype=f32)
+    z_3 = f32(_OWN_3D_NOISE) * noise * normal((t, LATENT_DIM), dtype=f32)
     z_3 += z_v
     z_3 += amp_3 @ world.class_v
     x_3 = feat_sd * normal((t, spec.visual_3d_dim), dtype=f32)

@@ -117,7 +117,7 @@ class Thumos14Split:
 # file readers (each error is one line naming the file and the field)
 # --------------------------------------------------------------------------------------------
 
-def _load_array(path: Path) -> np.ndarray:
+def load_plain_array(path: Path) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -134,7 +134,7 @@ def _load_array(path: Path) -> np.ndarray:
     return arr
 
 
-def _strings(path: Path, arr: np.ndarray) -> list[str]:
+def string_list(path: Path, arr: np.ndarray) -> list[str]:
     if arr.ndim != 1 or arr.dtype.kind not in "SU":
         raise DataError(f"{path}: expected a 1-D array of strings, got dtype {arr.dtype} shape {arr.shape}")
     try:
@@ -239,10 +239,10 @@ def load_thumos14(annotation_dir: str | os.PathLike, split: str, test_set: str =
     if not root.is_dir():
         raise DataError(f"{root}: THUMOS14 annotation folder not found")
 
-    arrays = {name: _load_array(root / name) for name in ARRAY_FILES}
-    names = _strings(root / "videoname.npy", arrays["videoname.npy"])
-    subsets = _strings(root / "subset.npy", arrays["subset.npy"])
-    classes = tuple(_strings(root / "classlist.npy", arrays["classlist.npy"]))
+    arrays = {name: load_plain_array(root / name) for name in ARRAY_FILES}
+    names = string_list(root / "videoname.npy", arrays["videoname.npy"])
+    subsets = string_list(root / "subset.npy", arrays["subset.npy"])
+    classes = tuple(string_list(root / "classlist.npy", arrays["classlist.npy"]))
     if len(subsets) != len(names):
         raise DataError(f"{root / 'subset.npy'}: {len(subsets)} rows, videoname.npy has {len(names)}")
     if len(set(names)) != len(names):
