@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
@@ -125,39 +126,57 @@ def folder_spec(feature_dir: str | os.PathLike, spec: FeatureSpec) -> FeatureSpe
     return spec if frames == spec.frames_per_segment else replace(spec, frames_per_segment=frames)
 
 
-def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype from the ``.npy`` header alone (a hostile header claiming 10**12 rows allocates nothing)."""
+# numpy parses .npy headers with ast.literal_eval, which CPython 3.11 does not make thread-safe: parsed from
+# several threads at once it fails with "AST constructor recursion depth mismatch" (python/cpython#106905).
+# load_features reads with a thread pool, so headers are parsed under this lock and data read without np.load.
+_HEADER_LOCK = threading.Lock()
+
+
+def _read_header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """(shape, fortran_order, dtype, data offset) from the ``.npy`` header alone: a hostile header claiming
+    10**12 rows allocates nothing."""
     try:
-        with open(path, "rb") as fh:
+        with open(path, "rb") as fh, _HEADER_LOCK:
             version = np.lib.format.read_magic(fh)
             if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
             elif version == (2, 0):
-                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh)
             else:
                 raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
+            offset = fh.tell()
     except FileNotFoundError:
         raise DataError(f"{path}: feature file not found") from None
     except Exception as err:  # noqa: BLE001 - any parse failure of an untrusted header is bad data
         msg = " ".join(str(err).split()) or type(err).__name__
         raise DataError(f"{path}: unreadable .npy file ({msg[:200]})") from None
-    return tuple(shape), dtype
+    return tuple(shape), bool(fortran), dtype, offset
+
+
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file, from its header alone."""
+    shape, _, dtype, _ = _read_header(path)
+    return shape, dtype
 
 
 def load_checked(path: Path, shape: tuple[int, int]) -> np.ndarray:
     """The file as float32, checked; finiteness is checked after the cast (1e300 in float64 is inf)."""
-    file_shape, dtype = npy_header(path)
+    file_shape, fortran, dtype, offset = _read_header(path)
     if dtype.hasobject:
         raise DataError(f"{path}: unreadable .npy file (an object array: reading it would unpickle; refused)")
     if dtype.kind != "f":
         raise DataError(f"{path}: dtype {dtype}, expected a float array (float32)")
     if file_shape != shape:
         raise DataError(f"{path}: shape {file_shape}, expected {shape}")
+    count = int(np.prod(shape))
     try:
-        arr = np.load(path, allow_pickle=False)
-    except Exception as err:  # noqa: BLE001 - truncated data and the like
+        flat = np.fromfile(path, dtype=dtype, count=count, offset=offset)
+    except Exception as err:  # noqa: BLE001 - unreadable data
         msg = " ".join(str(err).split()) or type(err).__name__
         raise DataError(f"{path}: unreadable .npy file ({msg[:200]})") from None
+    if flat.size != count:
+        raise DataError(f"{path}: unreadable .npy file (truncated: {flat.size} of {count} values)")
+    arr = flat.reshape(shape, order="F" if fortran else "C")
     with np.errstate(over="ignore", invalid="ignore"):   # overflow is reported below, naming the file
         cast = arr.astype(np.float32, copy=False)
     finite = np.isfinite(cast)
