@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import contextlib
 import os
 import re
 import shutil
@@ -105,6 +106,19 @@ def make_temp_sibling(out: Path, tag: str = "tmp") -> Path:
     tmp = temp_sibling_name(out, tag, os.getpid())
     tmp.mkdir()
     return tmp
+
+
+@contextlib.contextmanager
+def published_atomically(out: Path, tag: str = "tmp"):
+    """Build ``out`` in a fresh temporary sibling (yielded); when the block ends it replaces ``out`` in one
+    rename, and on any error it is removed, so readers never see half an output."""
+    tmp = make_temp_sibling(out, tag)
+    try:
+        yield tmp
+        swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def swap_in(tmp: Path, out: Path) -> None:

@@ -46,23 +46,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from distributed.common.errors import DataError, UserError
-from distributed.common.fsutil import check_output_dir, make_temp_sibling, sha256_file, swap_in
+from distributed.common.fsutil import check_output_dir, published_atomically, sha256_file
 from distributed.data.features import SYNTH_META_FILE, FeatureSpec, feature_path
 from distributed.data.llp import (DENSE_AUDIO_FILE, DENSE_COLUMNS, DENSE_VISUAL_FILE, FEATURE_DIRS, LLP_CLASSES,
                                   SPLIT_FILES, TRAIN_DENSE_AUDIO_FILE, TRAIN_DENSE_VISUAL_FILE, WEAK_COLUMNS,
                                   load_split, read_table, video_id)
 from distributed.data.llp_stats import CODED_LLP_STATS, statistics_from_splits
-from distributed.data.synth_features import SynthParams, World, single_threaded_blas, video_features
+from distributed.data.synth_features import SynthParams, World, video_features, write_videos
 from distributed.data.synth_labels import LabelModel, LayoutModel, make_id
 from model.metrics import extract_events
 
@@ -311,8 +309,7 @@ def generate(out_dir: str | os.PathLike, annotations: str | os.PathLike | None =
         **info,
     }
 
-    tmp = make_temp_sibling(out, "synth-tmp")
-    try:
+    with published_atomically(out, "synth-tmp") as tmp:
         (tmp / "annotations").mkdir(parents=True)
         for sub in FEATURE_DIRS.values():
             (tmp / "features" / sub).mkdir(parents=True)
@@ -329,20 +326,11 @@ def generate(out_dir: str | os.PathLike, annotations: str | os.PathLike | None =
                 size += arr.nbytes
             return size
 
-        with single_threaded_blas():
-            if threads == 1:
-                nbytes = sum(map(write_one, videos))
-            else:
-                with ThreadPoolExecutor(max_workers=threads) as pool_:
-                    nbytes = sum(pool_.map(write_one, videos))
+        nbytes = write_videos(write_one, videos, threads)
         copy_dense = {s: ann for s, how in info["dense_truth"].items() if how == "source"}
         _write_annotations(tmp / "annotations", videos, copy_dense)
         (tmp / SYNTH_META_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n",
                                            encoding="utf-8")
         _check_target(out, overwrite)      # again: another writer may have filled it meanwhile
-        swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {**summary, "out_dir": str(out), "feature_bytes": int(nbytes),
             "seconds": round(time.perf_counter() - t0, 3)}

@@ -31,6 +31,7 @@ close to HAN's published LLP numbers. Raise ``signal`` or lower ``noise``/``cont
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 import math
 from dataclasses import dataclass
 
@@ -84,6 +85,16 @@ def single_threaded_blas():
     except ImportError:  # optional: only speed depends on it
         return contextlib.nullcontext()
     return threadpool_limits(1, user_api="blas")
+
+
+def write_videos(write_one, videos, threads: int) -> int:
+    """``write_one(video) -> bytes written`` for every video, on ``threads`` threads with single-threaded BLAS
+    (each video draws from its own RNG, so the files do not depend on the thread count). Total bytes."""
+    with single_threaded_blas():
+        if threads == 1:
+            return sum(map(write_one, videos))
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            return sum(pool.map(write_one, videos))
 
 
 def unit_rows(x: np.ndarray) -> np.ndarray:

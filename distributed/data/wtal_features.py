@@ -20,14 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from distributed.common.errors import DataError, UserError
-from distributed.common.fsutil import check_output_dir, make_temp_sibling, sha256_file, swap_in
+from distributed.common.fsutil import check_output_dir, published_atomically, sha256_file
 from distributed.data.features import load_checked, npy_header
 from distributed.data.thumos14 import load_plain_array, string_list
 
@@ -180,8 +179,7 @@ def convert_joint(pickled_file: str | os.PathLike, videonames_file: str | os.Pat
     if len(joint) != len(names):
         raise DataError(f"{src}: {len(joint)} rows, but {names_path} names {len(names)} videos")
 
-    tmp = make_temp_sibling(out, "tmp")
-    try:
+    with published_atomically(out, "tmp") as tmp:
         lengths = []
         for row, (name, item) in enumerate(zip(names, joint)):
             arr = _joint_row(src, row, name, item, 2 * dim)
@@ -194,8 +192,4 @@ def convert_joint(pickled_file: str | os.PathLike, videonames_file: str | os.Pat
         (tmp / CONVERTED_META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         check_output_dir(out, overwrite=overwrite, marker=CONVERTED_META_FILE, kind="a convert-joint output",
                          label="--out")
-        swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {**meta, "out_dir": str(out)}

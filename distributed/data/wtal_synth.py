@@ -47,17 +47,16 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from distributed.common.errors import UserError
-from distributed.common.fsutil import check_output_dir, make_temp_sibling, swap_in
-from distributed.data.synth_features import LATENT_DIM, latent_embedding, unit_rows, single_threaded_blas
+from distributed.common.fsutil import check_output_dir, published_atomically
+from distributed.data.synth_features import (LATENT_DIM, latent_embedding, single_threaded_blas, unit_rows,
+                                             write_videos)
 from distributed.data.thumos14 import AMBIGUOUS_FILE, BASNET_TEST_FILE, GT_FILE, load_thumos14
 from distributed.data.wtal_features import I3D_DIM, SNIPPET_FRAMES, FEATURE_FPS, STREAMS, snippet_count
 
@@ -310,8 +309,7 @@ def generate(out_dir: str | os.PathLike, annotations: str | os.PathLike | None =
                "counts": counts, "params": {"signal": signal, "noise": noise}, "source": source,
                "classes": list(classes), "layout": "rgb/ + flow/"}
 
-    tmp = make_temp_sibling(out, "synth-tmp")
-    try:
+    with published_atomically(out, "synth-tmp") as tmp:
         for s in STREAMS:
             (tmp / "features" / s).mkdir(parents=True)
         world = World(seed, dim, len(classes))
@@ -323,18 +321,9 @@ def generate(out_dir: str | os.PathLike, annotations: str | os.PathLike | None =
                     np.lib.format.write_array(fh, arr, allow_pickle=False)
             return sum(a.nbytes for a in arrays.values())
 
-        with single_threaded_blas():
-            if threads == 1:
-                nbytes = sum(map(write_one, videos))
-            else:
-                with ThreadPoolExecutor(max_workers=threads) as pool:
-                    nbytes = sum(pool.map(write_one, videos))
+        nbytes = write_videos(write_one, videos, threads)
         write_annotations(tmp / "annotations", videos, tuple(classes))
         (tmp / META_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         check_output_dir(out, overwrite=overwrite, marker=META_FILE, kind="a wtal synth output", label="--out")
-        swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return {**summary, "out_dir": str(out), "feature_bytes": int(nbytes),
             "seconds": round(time.perf_counter() - t0, 3)}

@@ -18,7 +18,6 @@ import io
 import json
 import os
 import re
-import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ import numpy as np
 import webdataset as wds
 
 from distributed.common.errors import ConfigError, DataError
-from distributed.common.fsutil import check_output_dir, make_temp_sibling, swap_in
+from distributed.common.fsutil import check_output_dir, published_atomically
 from distributed.data.features import FeatureSpec, folder_spec, read_video_features
 from distributed.data.llp import load_split
 from distributed.data.shards.manifest import (DEFAULT_VIDEOS_PER_SHARD, DENSE_FIELDS, DTYPES, FEATURE_FIELDS,
@@ -216,8 +215,7 @@ def _write_split(out: str | os.PathLike, split: str, ids: Sequence[str], filenam
 
     out = Path(out).absolute()
     check_output_dir(out, overwrite=overwrite, marker=MANIFEST_NAME, kind="a shard directory")
-    tmp = make_temp_sibling(out, "tmp")
-    try:
+    with published_atomically(out, "tmp") as tmp:
         jobs, start = [], 0
         for s, size in enumerate(sizes):
             rows = [int(r) for r in order[start:start + size]]
@@ -269,10 +267,6 @@ def _write_split(out: str | os.PathLike, split: str, ids: Sequence[str], filenam
             "writer": {"webdataset": getattr(wds, "__version__", "unknown"), "numpy": np.__version__},
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-        swap_in(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 
