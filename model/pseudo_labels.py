@@ -179,6 +179,12 @@ def make_pseudo_labels(cfg: PPLConfig, online: ParserOutput, momentum: ParserOut
     return prototype_pseudo_labels(momentum.features, bank, weak_labels, cfg, hard=cfg.labeler == "ppl_hard")
 
 
+MODALITY_NAMES = ("a", "v")          # dim 2 of (B, T, M, C): audio, visual
+PL_COUNT_NAMES = ("pl_tp", "pl_fp", "pl_fn", "model_tp", "model_fp", "model_fn", "n_background", "n_pairs",
+                  *(f"{name}_{m}" for m in MODALITY_NAMES
+                    for name in ("pl_tp", "pl_fp", "pl_fn", "model_tp", "model_fp", "model_fn")))
+
+
 @torch.no_grad()
 def pseudo_label_counts(labels: PseudoLabels, frame_prob: Tensor, global_prob: Tensor, weak_labels: Tensor,
                         dense_truth: Tensor) -> Tensor:
@@ -186,15 +192,21 @@ def pseudo_label_counts(labels: PseudoLabels, frame_prob: Tensor, global_prob: T
 
     Both restricted to the labelled classes (where pseudo-labels carry information); the model's
     predictions use the evaluation rule (segment >= 0.5 and video >= 0.5). Also counts the
-    (segment, modality) pairs assigned to background. Returns a flat float64 tensor of 8 counts so
-    the caller can all-reduce it: [pl_tp, pl_fp, pl_fn, model_tp, model_fp, model_fn, n_background, n_pairs].
+    (segment, modality) pairs assigned to background. Returns a flat float64 tensor in the order of
+    ``PL_COUNT_NAMES`` (both modalities together, then the six TP/FP/FN counts of each modality) so the
+    caller can all-reduce it: pseudo-label vs model F1 per modality is what shows confirmation bias.
     """
     labelled = weak_labels.bool()[:, None, None, :]
     truth = dense_truth.bool() & labelled
     pl_pos = (labels.targets >= 0.5) & labelled
     model_pos = (frame_prob >= 0.5) & (global_prob >= 0.5)[:, None, None, :] & labelled
-    def tfn(pred):
-        return [(pred & truth).sum(), (pred & ~truth).sum(), (~pred & truth).sum()]
+
+    def tfn(pred, keep=slice(None)):
+        p, t = pred[:, :, keep], truth[:, :, keep]
+        return [(p & t).sum(), (p & ~t).sum(), (~p & t).sum()]
     n_background = (labels.assignment == weak_labels.shape[-1]).sum()
     n_pairs = torch.ones_like(labels.assignment).sum()         # on the step's device, like every count here
-    return torch.stack([x.double() for x in tfn(pl_pos) + tfn(model_pos) + [n_background, n_pairs]])
+    counts = tfn(pl_pos) + tfn(model_pos) + [n_background, n_pairs]
+    for m in range(len(MODALITY_NAMES)):
+        counts += tfn(pl_pos, slice(m, m + 1)) + tfn(model_pos, slice(m, m + 1))
+    return torch.stack([x.double() for x in counts])

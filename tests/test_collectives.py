@@ -13,7 +13,7 @@ from distributed.runtime.evaluation import gather_in_split_order
 from distributed.runtime.loop import assert_bank_in_sync
 from model.config import NetworkConfig, PPLConfig
 from model.ppl import PPL
-from model.pseudo_labels import PseudoLabels, pseudo_label_counts
+from model.pseudo_labels import PL_COUNT_NAMES, PseudoLabels, pseudo_label_counts
 
 META = torch.device("meta")
 
@@ -91,7 +91,7 @@ def test_a_cpu_tensor_is_refused_before_it_reaches_nccl():
 def test_epoch_counters_reduce_on_the_engine_device():
     comm, rules = meta_comm()
     counters = EpochCounters(comm)
-    counters.add({"loss_total": 1.0}, torch.zeros(8, device=META), torch.zeros(2, 26, 1, device=META))
+    counters.add({"loss_total": 1.0}, torch.zeros(len(PL_COUNT_NAMES), device=META), torch.zeros(2, 26, 1, device=META))
     metrics = counters.summary(videos_per_step=16)
     assert "loss_total" in metrics and rules.calls.count("all_reduce") == 2
 
@@ -104,7 +104,7 @@ def test_pseudo_label_counts_stay_on_the_step_device():
                           assignment=torch.zeros(b, t, 2, dtype=torch.long, device=META))
     counts = pseudo_label_counts(labels, torch.zeros(b, t, 2, c, device=META), torch.zeros(b, c, device=META),
                                  torch.ones(b, c, device=META), torch.zeros(b, t, 2, c, device=META))
-    assert counts.device == META and counts.shape == (8,)
+    assert counts.device == META and counts.shape == (len(PL_COUNT_NAMES),)
 
 
 def test_bank_sync_check_compares_every_bank_buffer_on_the_engine_device():

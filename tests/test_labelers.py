@@ -392,3 +392,24 @@ def test_defaults_of_the_new_options_leave_the_method_as_it_was():
     assert (cfg.labeler, cfg.prototypes_per_class, cfg.prototype_assignment, cfg.reestimate_every,
             cfg.contrastive_weight) == ("ppl_soft", 1, "nearest", 0, 0.0)
     assert NetworkConfig().key_instance_head is False
+
+
+def test_pseudo_label_counts_per_modality_add_up_to_the_total():
+    """The per-modality TP/FP/FN (what shows visual vs audio confirmation bias) partition the overall counts."""
+    from model.pseudo_labels import PL_COUNT_NAMES, PseudoLabels, pseudo_label_counts
+
+    g = torch.Generator().manual_seed(0)
+    b, t, c = 4, 10, 5
+    weak = (torch.rand(b, c, generator=g) < 0.5).float()
+    dense = (torch.rand(b, t, 2, c, generator=g) < 0.3).float()
+    targets = torch.rand(b, t, 2, c, generator=g)
+    labels = PseudoLabels(targets=targets, weights=torch.ones_like(targets),
+                          assignment=torch.zeros(b, t, 2, dtype=torch.long))
+    counts = dict(zip(PL_COUNT_NAMES, pseudo_label_counts(labels, torch.rand(b, t, 2, c, generator=g),
+                                                          torch.rand(b, c, generator=g), weak, dense).tolist()))
+    for name in ("pl_tp", "pl_fp", "pl_fn", "model_tp", "model_fp", "model_fn"):
+        assert counts[name] == counts[f"{name}_a"] + counts[f"{name}_v"]
+    labelled = weak.bool()[:, None, None, :]
+    audio_truth = dense.bool()[:, :, :1] & labelled
+    audio_pl = (targets[:, :, :1] >= 0.5) & labelled
+    assert counts["pl_tp_a"] == (audio_pl & audio_truth).sum().item() > 0

@@ -389,3 +389,76 @@ def test_resume_does_not_rerun_finished_trials(sweep, capsys):
     changed.write_text(yaml.safe_dump(doc))
     rc, _, err = run_cli(["sweep", "--config", str(changed), "--resume"], capsys)
     assert rc == 2 and "the trials differ" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# named settings (variants:) and paper tables (tables:), as tune/sweeps/seed_tables.yaml uses them
+# ---------------------------------------------------------------------------------------------
+
+def test_seed_tables_file_runs_each_setting_once_per_seed(monkeypatch, synth_data):
+    monkeypatch.setenv("LLP_ANNOTATIONS", str(synth_data / "annotations"))
+    monkeypatch.setenv("LLP_FEATURES", str(synth_data / "features"))
+    spec = load_sweep(Path(__file__).parents[1] / "tune" / "sweeps" / "seed_tables.yaml")
+    assert spec.swept_keys == ["variant"] and spec.seeds == [0, 1, 2]
+    assert len(spec.trials) == 10 * 3 and len({json.dumps(t) for t in spec.trials}) == 30
+    payload = spec.payload("p")
+    flat = {p["variant"]: trial_tree(payload, p, 0, "/tmp/x", "r") for p in spec.points}
+    assert flat["em_mil"]["ppl"]["labeler"] == "em_mil" and flat["em_mil"]["model"]["key_instance_head"] is True
+    from distributed.common.config import config_from_dict
+
+    assert config_from_dict(flat["no_ema"]).ppl.ema_decay is None and flat["tau_0.3"]["ppl"]["tau"] == 0.3
+    assert flat["ppl"]["ppl"] == flat["tau_0.3"]["ppl"] | {"tau": flat["ppl"]["ppl"]["tau"]}
+    assert [t.title.split(":")[0] for t in spec.tables] == ["Table 2", "Table 3", "Table 4"]
+    assert [name for _, name in spec.tables[2].rows] == ["no_ema", "ppl"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"variants": {"a b": {}}}, "variants: name 'a b'"),
+    ({"variants": {"x": {"seed": 3}}}, "variants.x: seed is set by the sweep"),
+    ({"variants": {"x": {"ppl.taux": 0.1}}}, "unknown config key 'ppl.taux'"),
+    ({"variants": {"x": {}}, "tables": [{"title": "T", "rows": {"row": "y"}}]}, "unknown variant 'y'"),
+    ({"tables": [{"rows": {"row": "y"}}]}, "the file has no variants"),
+    ({"variants": {"x": {}}, "space": {"variant": {"grid": [1]}}}, "space.variant: reserved"),
+])
+def test_bad_variants_and_tables(tmp_path, synth_data, extra, message):
+    from distributed.common.errors import ConfigError
+
+    doc = {"base": "ppl", "overrides": [f"data.annotations={synth_data}/annotations",
+                                        f"data.features={synth_data}/features", *SMALL], **extra}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_sweep(path)
+
+
+@pytest.mark.ray
+def test_variant_sweep_prints_the_tables_from_the_logged_metrics(tmp_path, synth_data, ray_local, capsys):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    doc = {"name": "tables", "base": "ppl", "overrides": [f"data.annotations={synth_data}/annotations",
+                                                          f"data.features={synth_data}/features", *SMALL],
+           "variants": {"base": {"ppl.labeler": "none"}, "ppl": {}, "hot": {"ppl.tau": 0.3}},
+           "tables": [{"title": "Table 3: tau", "rows": {"tau=0.3": "hot", "tau=0.1": "ppl"}},
+                      {"title": "Table 2: labelers", "rows": {"Base": "base", "Base+PPL": "ppl"}}],
+           "seeds": 1, "resources_per_trial": {"workers": 0, "cpus_per_worker": 1},
+           "storage": str(tmp_path / "sweeps"), "tracking_uri": uri, "experiment": "tables-test"}
+    path = tmp_path / "tables.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert cli.main(["sweep", "--config", str(path)]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", "--sweep", "tables", "--storage", str(tmp_path / "sweeps"), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    client = MlflowClient(tracking_uri=uri)
+    runs = {json.loads(r.data.tags["ppl_avvp.point"])["variant"]: r
+            for r in client.search_runs([client.get_experiment_by_name("tables-test").experiment_id],
+                                        filter_string="tags.ppl_avvp.role = 'trial'")}
+    assert set(runs) == {"base", "ppl", "hot"}
+    assert runs["base"].data.params["ppl.labeler"] == "none" and runs["hot"].data.params["ppl.tau"] == "0.3"
+    t3 = out[out.index("Table 3: tau (test"):out.index("Table 2: labelers")].splitlines()
+    t2 = out[out.index("Table 2: labelers (test"):].splitlines()
+    assert [line.split()[0] for line in t3[3:5]] == ["tau=0.3", "tau=0.1"]
+    assert [line.split()[0] for line in t2[3:5]] == ["Base", "Base+PPL"]
+    for line, variant in ((t3[3], "hot"), (t3[4], "ppl"), (t2[3], "base"), (t2[4], "ppl")):
+        seg_a = float(line.split()[2].rstrip("*"))       # label, n, then Segment A
+        assert seg_a == pytest.approx(runs[variant].data.metrics["test_seg_a"], abs=0.05)

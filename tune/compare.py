@@ -35,7 +35,7 @@ from distributed.common.commandline import OneLineParser, run_command
 from distributed.common.errors import UserError
 from distributed.runtime.tracking import default_tracking_uri, mlflow_client
 from model.metrics import SCORE_KEYS
-from tune.spaces import default_storage, short_names
+from tune.spaces import default_storage, format_value, short_names
 
 STATE_FILE = "sweep_state.json"
 EXCLUDED_PARAMS = {"seed", "output_dir", "tracking.run_name", "tracking.parent_run_id", "tracking.tracking_uri",
@@ -156,7 +156,12 @@ def load_record(client, run, split: str) -> tuple[RunRecord | None, str]:
             if best_step not in history:
                 return None, f"{name} ({run.info.run_id}): no val_{key} at epoch {best_step}"
             scores[key] = history[best_step]
-    return RunRecord(run.info.run_id, name, dict(run.data.params), scores, sorted(curve.items())), ""
+    params = dict(run.data.params)
+    point = run.data.tags.get("ppl_avvp.point")
+    if point:          # a sweep's named setting (variant) is in its point, not in the config
+        for key, value in json.loads(point).items():
+            params.setdefault(key, format_value(value))
+    return RunRecord(run.info.run_id, name, params, scores, sorted(curve.items())), ""
 
 
 def varying_params(records: list[RunRecord]) -> list[str]:
@@ -213,6 +218,21 @@ def _cell(row: Row, key: str, best: bool, star: str = "*") -> str:
     if row.std[key] is not None:
         text += f" ± {row.std[key]:.1f}"
     return text + (star if best else "")
+
+
+def paper_tables(rows: list[Row], tables_param: str | None, split: str) -> list[tuple[str, list[Row]]]:
+    """The sweep file's ``tables:`` (the parent run's ``sweep.tables`` param): each table's rows, relabelled,
+    in the file's order, from the rows grouped by variant. A row whose variant has no finished run is left out."""
+    if not tables_param:
+        return []
+    by_variant = {r.setting.get("variant"): r for r in rows}
+    out = []
+    for table in json.loads(tables_param):
+        picked = [Row(r.setting, label, r.records, r.mean, r.std)
+                  for label, name in table["rows"].items() if (r := by_variant.get(name)) is not None]
+        if picked:
+            out.append((f"{table.get('title', 'table')} ({split}, F1 %)", picked))
+    return out
 
 
 def format_comparison(rows: list[Row], best: dict[str, set[int]], title: str) -> str:
@@ -450,6 +470,9 @@ def run_compare(*, tracking_uri: str | None = None, sweep: str | None = None, pa
     title = (f"{title}: {split} F1 (%), " + ("mean ± std over seeds" if n_max > 1 else "one run per setting")
              + ("; * best per column" if len(rows) > 1 else ""))
     table = format_comparison(rows, best, title)
+    if parent_run_id and "variant" in keys:
+        for table_title, table_rows in paper_tables(rows, parent.data.params.get("sweep.tables"), split):
+            table += "\n\n" + format_comparison(table_rows, best_rows(table_rows), table_title)
     comparison = Comparison(title, split, keys, rows, best, skipped, table, parent_run_id=parent_run_id)
 
     out = Path(out_dir) if out_dir else default_out

@@ -53,11 +53,12 @@ from distributed.common.config import (config_from_dict, flatten_tree, merge_tre
                                        set_dotted, with_absolute_paths)
 from distributed.common.errors import ConfigError, UserError
 from distributed.runtime.tracking import absolute_uri, default_tracking_uri
+from tune.tables import VARIANT_KEY, Table, apply_variant, parse_tables, parse_variants
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform")
 TOP_LEVEL_KEYS = ("name", "base", "overrides", "space", "seeds", "metric", "mode", "scheduler", "search",
                   "resources_per_trial", "max_concurrent_trials", "max_failures", "storage", "experiment",
-                  "tracking_uri", "description")
+                  "tracking_uri", "description", "variants", "tables")
 # keys the sweep sets for every trial: not allowed in `space`
 SPACE_FORBIDDEN = {
     "seed": "set per trial from `seeds:`",
@@ -188,6 +189,8 @@ class SweepSpec:
     storage: Path = field(default_factory=default_storage)
     experiment: str = "ppl-avvp"
     tracking_uri: str = ""
+    variants: dict[str, dict] = field(default_factory=dict)   # name -> override tree (tune/tables.py)
+    tables: list[Table] = field(default_factory=list)
 
     @property
     def random_search(self) -> bool:
@@ -229,7 +232,10 @@ class SweepSpec:
     def fingerprint(self) -> str:
         """What decides the trials: changing it makes --resume refuse (other keys may change)."""
         trials = sorted(json.dumps([point, seed], sort_keys=True, default=str) for point, seed in self.trials)
-        blob = json.dumps({"base_tree": self.base_tree, "trials": trials}, sort_keys=True, default=str)
+        decided = {"base_tree": self.base_tree, "trials": trials}
+        if self.variants:
+            decided["variants"] = self.variants
+        blob = json.dumps(decided, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def payload(self, parent_run_id: str) -> dict[str, Any]:
@@ -237,7 +243,8 @@ class SweepSpec:
         return {"name": self.name, "base_tree": self.base_tree, "experiment": self.experiment,
                 "tracking_uri": self.tracking_uri, "parent_run_id": parent_run_id,
                 "workers": self.workers, "cpus_per_worker": self.cpus_per_worker,
-                "experiment_dir": str(self.experiment_dir), "swept_keys": self.swept_keys}
+                "experiment_dir": str(self.experiment_dir), "swept_keys": self.swept_keys,
+                "variants": self.variants}
 
 
 def tune_trials(spec: SweepSpec) -> list[tuple[dict[str, Any], int]]:
@@ -261,7 +268,10 @@ def trial_tree(payload: dict[str, Any], point: dict[str, Any], seed: int, output
     """The config tree of one trial: base + point + seed + what the sweep manages."""
     tree = copy.deepcopy(payload["base_tree"])
     for key, value in point.items():
-        set_dotted(tree, key, value)
+        if key == VARIANT_KEY:
+            apply_variant(tree, payload.get("variants") or {}, value)
+        else:
+            set_dotted(tree, key, value)
     set_dotted(tree, "seed", int(seed))
     set_dotted(tree, "output_dir", str(output_dir))
     set_dotted(tree, "tracking.mlflow", True)
@@ -422,12 +432,17 @@ def load_sweep(path: str | os.PathLike, cli_overrides: list[str] | None = None, 
 
     # space
     space = raw.get("space")
-    if space is None or space == {}:
+    variants = parse_variants(path, raw.get("variants"), SPACE_FORBIDDEN)
+    tables = parse_tables(path, raw.get("tables"), variants)
+    if (space is None or space == {}) and not variants:
         raise ConfigError(f"{path}: space: empty (name at least one config key to sweep, e.g. "
-                          f"ppl.tau: {{grid: [0.05, 0.1]}})")
-    if not isinstance(space, dict):
+                          f"ppl.tau: {{grid: [0.05, 0.1]}}, or list named settings under variants:)")
+    if space is not None and not isinstance(space, dict):
         raise ConfigError(f"{path}: space: expected a mapping of config key -> distribution, got {space!r}")
-    dimensions = [_dimension(path, key, spec) for key, spec in space.items()]
+    if VARIANT_KEY in (space or {}):
+        raise ConfigError(f"{path}: space.{VARIANT_KEY}: reserved for the names under variants:")
+    dimensions = [Dimension(VARIANT_KEY, "grid", values=list(variants))] if variants else []
+    dimensions += [_dimension(path, key, spec) for key, spec in (space or {}).items()]
 
     # base config + overrides
     base = _resolve_base(path, raw.get("base"))
@@ -511,7 +526,7 @@ def load_sweep(path: str | os.PathLike, cli_overrides: list[str] | None = None, 
                      metric=metric, mode=mode, num_samples=num_samples, search_seed=search_seed,
                      workers=workers, cpus_per_worker=float(cpus), gpus_per_worker=float(gpus),
                      max_concurrent_trials=concurrent, max_failures=max_failures, storage=storage_path,
-                     experiment=experiment, tracking_uri=uri)
+                     experiment=experiment, tracking_uri=uri, variants=variants, tables=tables)
     _validate_dimensions(spec)
     spec.trials = tune_trials(spec)
     max_epochs = _validate_trials(spec)

@@ -82,7 +82,7 @@ def describe(spec: SweepSpec) -> str:
 def parent_params(spec: SweepSpec) -> dict[str, str]:
     """The sweep file flattened (one param per swept key) plus what it resolved to: the parent run's params."""
     flat = flatten_tree({k: v for k, v in spec.raw.items() if k != "space"})
-    flat.update({f"space.{key}": value for key, value in spec.raw["space"].items()})
+    flat.update({f"space.{key}": value for key, value in (spec.raw.get("space") or {}).items()})
     out: dict[str, str] = {}
     for key, value in flat.items():
         if key == "overrides" and isinstance(value, list):

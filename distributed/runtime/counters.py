@@ -13,8 +13,13 @@ import torch
 from torch import Tensor
 
 from distributed.runtime.collectives import Collectives
+from model.pseudo_labels import MODALITY_NAMES, PL_COUNT_NAMES
 
-PL_COUNT_NAMES = ("pl_tp", "pl_fp", "pl_fn", "model_tp", "model_fp", "model_fn", "n_background", "n_pairs")
+
+
+def _f1(counts: dict[str, float], who: str, modality: str) -> float:
+    tp, fp, fn = (counts[f"{who}_{x}_{modality}"] for x in ("tp", "fp", "fn"))
+    return 100 * 2 * tp / max(2 * tp + fp + fn, 1)
 
 
 class EpochCounters:
@@ -71,6 +76,9 @@ class EpochCounters:
             out["pl_model_f1"] = 100 * 2 * counts["model_tp"] / max(
                 2 * counts["model_tp"] + counts["model_fp"] + counts["model_fn"], 1)
             out["pl_background_share"] = 100 * counts["n_background"] / counts["n_pairs"]
+            for m in MODALITY_NAMES:       # per modality: where confirmation bias shows first
+                out[f"pl_f1_{m}"] = _f1(counts, "pl", m)
+                out[f"pl_model_f1_{m}"] = _f1(counts, "model", m)
         if self.bank_counts is not None:
             bank = self.comm.host(self.bank_counts)
             out["bank_key_segments_per_step"] = float(bank[:, :-1].sum()) / steps
