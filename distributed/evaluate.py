@@ -2,6 +2,7 @@
 
     ppl-avvp evaluate --predictions preds.npz --annotations DIR --split test [--json scores.json]
     ppl-avvp evaluate --checkpoint ckpt --features DIR --annotations DIR --split val
+    ppl-avvp evaluate --proposals P.json --annotations THUMOS_DIR [--protocol A]   (W-TAL: distributed/wtal_commands.py)
 
 The predictions file holds ``video_ids`` (N,) strings (CSV filename or 11-char id, any order),
 ``frame_prob`` (N, T, 2, C) [audio, visual] or ``frame_prob_a`` + ``frame_prob_v`` (N, T, C), and
@@ -170,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from distributed.wtal_commands import evaluate_main, is_wtal_invocation
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if is_wtal_invocation(argv):          # THUMOS14 proposals or an RGB + flow checkpoint
+        return evaluate_main(argv)
     args = build_parser().parse_args(argv)
     if not 0.0 < args.threshold < 1.0:
         raise ConfigError(f"--threshold: must lie strictly between 0 and 1, got {args.threshold}")

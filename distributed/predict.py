@@ -137,6 +137,11 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
+    from distributed.wtal_commands import predict_main, is_wtal_invocation
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if is_wtal_invocation(argv):          # THUMOS14 proposals or an RGB + flow checkpoint
+        return predict_main(argv)
     args = parse_args(argv)
     if not 0 < args.threshold < 1:
         raise ConfigError(f"--threshold: must lie strictly between 0 and 1, got {args.threshold}")

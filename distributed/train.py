@@ -28,7 +28,8 @@ from distributed.runtime.checkpoint import (BEST_MODEL_FILE, FINAL_MODEL_FILE, c
 from distributed.runtime.launch import fit_with_ray
 from distributed.runtime.loop import RESULTS_FILE, train_loop_per_worker
 
-RUN_OUTPUTS = (RESULTS_FILE, BEST_MODEL_FILE, FINAL_MODEL_FILE)
+RUN_OUTPUTS = (RESULTS_FILE, BEST_MODEL_FILE, FINAL_MODEL_FILE, "test_proposals_last.json",
+               "test_proposals_best.json")
 DRIVER_TAG = "ppl_avvp.driver"            # MLflow tag: "<host>:<pid>" of the process that created the run
 OUTPUT_DIR_TAG = "ppl_avvp.output_dir"    # MLflow tag: the run's absolute output_dir
 
@@ -56,6 +57,9 @@ def check_data(cfg: RunConfig) -> None:
         from distributed.runtime.engine import deepspeed_config
 
         deepspeed_config(cfg)                      # the optional JSON exists and agrees with the config
+    if cfg.model.streams == "rgb_flow":
+        check_wtal_data(cfg)
+        return
     if cfg.data.shards:
         from distributed.data.shards import ShardData
 
@@ -79,6 +83,28 @@ def check_data(cfg: RunConfig) -> None:
         if split == "train":
             n = min(len(videos), cfg.data.limit_train) if cfg.data.limit_train else len(videos)
             batches_per_rank(n, cfg.data.batch_size, cfg.world_size)
+
+
+def check_wtal_data(cfg: RunConfig) -> None:
+    """W-TAL (THUMOS14 layout): both splits' annotations, the class count, one video's features per split."""
+    from distributed.data.arrays import batches_per_rank
+    from distributed.data.thumos14 import PROTOCOLS, load_thumos14
+    from distributed.data.wtal_features import read_wtal_features
+
+    m, d = cfg.model, cfg.data
+    if m.rgb_dim != m.flow_dim:
+        raise ConfigError(f"model.flow_dim: {m.flow_dim} differs from model.rgb_dim={m.rgb_dim}; the I3D feature "
+                          f"reader takes one width for both streams")
+    for split in ("train", "test"):
+        ann = load_thumos14(d.annotations, split, test_set=PROTOCOLS[d.protocol].test_set)
+        if len(ann.classes) != m.num_classes:
+            raise ConfigError(f"model.num_classes: {m.num_classes}, but the THUMOS14 annotations in {d.annotations} "
+                              f"name {len(ann.classes)} classes")
+        if len(ann) == 0:
+            raise DataError(f"{d.annotations}: THUMOS14 split {split!r} has no annotated videos")
+        read_wtal_features(d.features, ann.videos[0], dim=m.rgb_dim, duration=float(ann.duration[0]))
+        if split == "train":
+            batches_per_rank(min(len(ann), d.limit_train) if d.limit_train else len(ann), d.batch_size, cfg.world_size)
 
 
 def check_output_dir(cfg: RunConfig, resume: bool) -> list[Path]:
@@ -211,9 +237,15 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config, args.overrides)
     results = train(cfg, mlflow=not args.no_mlflow, resume=args.resume)
-    from distributed.evaluate import format_table
+    if results.get("task") == "wtal":
+        from distributed.runtime.wtal_eval import format_wtal_table
 
-    print(format_table(results["test"], title=f"{cfg.name}: test (best val epoch {results['best_epoch']})"))
+        print(format_wtal_table(results["rows"], title=f"{cfg.name}: THUMOS14 test, protocol {results['protocol']} "
+                                                       f"(mAP %, tIoU)"))
+    else:
+        from distributed.evaluate import format_table
+
+        print(format_table(results["test"], title=f"{cfg.name}: test (best val epoch {results['best_epoch']})"))
     print(f"results: {Path(cfg.output_dir) / RESULTS_FILE}")
     return 0
 

@@ -29,11 +29,16 @@ class NetworkConfig:
     """Sizes of the parser (seed §1, Table 1). ``preset`` selects a block structure, not magic numbers."""
 
     preset: Literal["ppl", "han"] = "ppl"
+    # which two streams: audio + visual (LLP: audio_dim, visual_2d_dim, visual_3d_dim) or, for W-TAL (THUMOS14),
+    # RGB + flow I3D snippets (rgb_dim, flow_dim) in the audio and visual places; variable length with masks
+    streams: Literal["audio_visual", "rgb_flow"] = "audio_visual"
     num_classes: int = 25
     num_segments: int = 10
     audio_dim: int = 128
     visual_2d_dim: int = 2048
     visual_3d_dim: int = 512
+    rgb_dim: int = 1024                   # streams=rgb_flow: I3D RGB width per snippet
+    flow_dim: int = 1024                  # streams=rgb_flow: I3D flow width per snippet
     model_dim: int = 512                  # d in Eq. 1-5
     # "ppl" preset (our reading of the garbled Table 1, see docs/method.md)
     audio_hidden: int = 256
@@ -50,8 +55,10 @@ class NetworkConfig:
     def validate(self, prefix: str = "model") -> None:
         _check_finite(self, prefix)
         _check(self.preset in ("ppl", "han"), f"{prefix}.preset", f"must be 'ppl' or 'han', got {self.preset!r}")
-        for name in ("num_classes", "num_segments", "audio_dim", "visual_2d_dim", "visual_3d_dim",
-                     "model_dim", "audio_hidden", "visual_hidden", "han_heads", "han_ffn_dim"):
+        _check(self.streams in ("audio_visual", "rgb_flow"), f"{prefix}.streams",
+               f"must be 'audio_visual' or 'rgb_flow', got {self.streams!r}")
+        for name in ("num_classes", "num_segments", "audio_dim", "visual_2d_dim", "visual_3d_dim", "rgb_dim",
+                     "flow_dim", "model_dim", "audio_hidden", "visual_hidden", "han_heads", "han_ffn_dim"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value > 0, f"{prefix}.{name}", f"must be a positive integer, got {value!r}")
         _check(self.model_dim % self.han_heads == 0, f"{prefix}.han_heads", "must divide model_dim")
@@ -175,4 +182,7 @@ def check_compatible(network: NetworkConfig, ppl: PPLConfig) -> None:
     """Cross-section rules a run config must satisfy (PPL's constructor calls this)."""
     _check(ppl.labeler != "em_mil" or network.key_instance_head, "ppl.labeler",
            "em_mil needs model.key_instance_head=true (its class-agnostic key-instance head)")
+    _check(network.streams != "rgb_flow" or ppl.labeler not in ("em_mil", "poibin"), "ppl.labeler",
+           f"{ppl.labeler} is not built for variable-length (model.streams=rgb_flow) videos: its key instances / "
+           f"expected counts are taken over every snippet, padding included; use none, pl, ppl_hard or ppl_soft")
 

@@ -316,6 +316,8 @@ def _candidate_pairs(ground_truth: Segments, video, label, start, end, num_class
 def _best_candidates(pred: np.ndarray, tiou: np.ndarray, gt_row: np.ndarray) -> np.ndarray:
     """Index of each prediction's best pair (highest tIoU, then lowest ground-truth row) in
     ``pred`` (non-decreasing: each prediction's pairs are contiguous)."""
+    if len(pred) == 0:      # no candidate pair at all (reduceat cannot take an empty array)
+        return np.zeros(0, dtype=np.int64)
     head = np.nonzero(np.r_[True, pred[1:] != pred[:-1]])[0]
     size = np.diff(np.r_[head, len(pred)])
     top = tiou == np.repeat(np.maximum.reduceat(tiou, head), size)

@@ -3,6 +3,11 @@
 Layouts: audio (B, T, Da); visual_2d (B, T, D2) pooled or (B, F*T, D2) frames; visual_3d (B, T, D3).
 Output features (B, T, M, d) and frame_prob (B, T, M, C), M = 2 with audio first; with
 ``model.key_instance_head`` also EM-MIL's class-agnostic key_prob (B, T, M).
+
+``model.streams: rgb_flow`` (W-TAL): inputs rgb (B, T, Dr), flow (B, T, Df) in the audio and visual
+places. Any preset takes an optional last input ``mask`` (B, T) bool, True = a real segment: padded
+segments are never attended to, get zero temporal attention in the MIL pooling and frame_prob 0,
+so a video's outputs do not depend on the padding around it. Without a mask nothing changes.
 """
 from __future__ import annotations
 
@@ -63,6 +68,24 @@ class PPLProjection(nn.Module):
         return self.audio(audio), self.visual_fusion(visual)          # (B, T, d) each
 
 
+class TwoStreamProjection(nn.Module):
+    """W-TAL (model.streams=rgb_flow): one projection per I3D stream, RGB in the audio place, flow in the
+    visual one. ``han``: a linear layer each (HAN's audio projection); ``ppl``: Linear-LN-LeakyReLU to the
+    hidden width, then to d (our reading of Table 1's two-layer heads)."""
+
+    def __init__(self, cfg: NetworkConfig):
+        super().__init__()
+        if cfg.preset == "han":
+            self.rgb, self.flow = nn.Linear(cfg.rgb_dim, cfg.model_dim), nn.Linear(cfg.flow_dim, cfg.model_dim)
+        else:
+            s = cfg.leaky_relu_slope
+            self.rgb = _mlp([cfg.rgb_dim, cfg.visual_hidden, cfg.model_dim], s)
+            self.flow = _mlp([cfg.flow_dim, cfg.visual_hidden, cfg.model_dim], s)
+
+    def forward(self, rgb: Tensor, flow: Tensor) -> tuple[Tensor, Tensor]:
+        return self.rgb(rgb), self.flow(flow)
+
+
 class HANProjection(nn.Module):
     """HAN's projections: plain linear layers, 2D and 3D visual features fused by a linear layer."""
 
@@ -78,10 +101,14 @@ class HANProjection(nn.Module):
         return self.audio(audio), self.visual_fusion(visual)
 
 
-def scaled_dot_attention(query: Tensor, keys: Tensor, values: Tensor, scale: float) -> Tensor:
-    """Eq. 4: Softmax(f_q F_k^T / scale) F_v over the T segments. (B, T, d) -> (B, T, d)."""
-    weights = torch.softmax(query @ keys.transpose(1, 2) / scale, dim=-1)
-    return weights @ values
+def scaled_dot_attention(query: Tensor, keys: Tensor, values: Tensor, scale: float,
+                         mask: Tensor | None = None) -> Tensor:
+    """Eq. 4: Softmax(f_q F_k^T / scale) F_v over the T segments. (B, T, d) -> (B, T, d).
+    ``mask`` (B, T): keys outside it get weight exactly 0."""
+    logits = query @ keys.transpose(1, 2) / scale
+    if mask is not None:
+        logits = logits.masked_fill(~mask[:, None, :], float("-inf"))
+    return torch.softmax(logits, dim=-1) @ values
 
 
 class PPLAggregation(nn.Module):
@@ -91,10 +118,11 @@ class PPLAggregation(nn.Module):
         super().__init__()
         self.scale = float(cfg.model_dim) if cfg.attention_scale == "d" else math.sqrt(cfg.model_dim)
 
-    def forward(self, audio: Tensor, visual: Tensor) -> tuple[Tensor, Tensor]:
-        att = scaled_dot_attention
-        audio_out = audio + att(audio, audio, audio, self.scale) + att(audio, visual, visual, self.scale)
-        visual_out = visual + att(visual, visual, visual, self.scale) + att(visual, audio, audio, self.scale)
+    def forward(self, audio: Tensor, visual: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        def att(q, kv):
+            return scaled_dot_attention(q, kv, kv, self.scale, mask)
+        audio_out = audio + att(audio, audio) + att(audio, visual)
+        visual_out = visual + att(visual, visual) + att(visual, audio)
         return audio_out, visual_out
 
 
@@ -111,9 +139,10 @@ class HANLayer(nn.Module):
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
         self.dropout_self, self.dropout_cross, self.dropout_ffn = (nn.Dropout(cfg.dropout) for _ in range(3))
 
-    def forward(self, query: Tensor, other: Tensor) -> Tensor:
-        cross = self.cross_attn(query, other, other, need_weights=False)[0]
-        own = self.self_attn(query, query, query, need_weights=False)[0]
+    def forward(self, query: Tensor, other: Tensor, mask: Tensor | None = None) -> Tensor:
+        padding = None if mask is None else ~mask               # (B, T) True = ignore this key
+        cross = self.cross_attn(query, other, other, key_padding_mask=padding, need_weights=False)[0]
+        own = self.self_attn(query, query, query, key_padding_mask=padding, need_weights=False)[0]
         x = self.norm1(query + self.dropout_cross(cross) + self.dropout_self(own))
         return self.norm2(x + self.dropout_ffn(self.ffn(x)))
 
@@ -123,8 +152,10 @@ class HANAggregation(nn.Module):
         super().__init__()
         self.layer = HANLayer(cfg)   # shared by both modalities, as in HAN
 
-    def forward(self, audio: Tensor, visual: Tensor) -> tuple[Tensor, Tensor]:
-        return self.layer(audio, visual), self.layer(visual, audio)
+    def forward(self, audio: Tensor, visual: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if mask is None:
+            return self.layer(audio, visual), self.layer(visual, audio)
+        return self.layer(audio, visual, mask), self.layer(visual, audio, mask)
 
 
 class AttentiveMMIL(nn.Module):
@@ -136,9 +167,14 @@ class AttentiveMMIL(nn.Module):
         self.temporal_attention = nn.Linear(cfg.model_dim, cfg.num_classes)  # w_t^m
         self.modality_attention = nn.Linear(cfg.model_dim, cfg.num_classes)  # w^m
 
-    def forward(self, features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, features: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         frame_prob = torch.sigmoid(self.classifier(features))                       # (B, T, M, C)  Eq. 5
-        temporal_w = torch.softmax(self.temporal_attention(features), dim=1)        # over T
+        temporal_logits = self.temporal_attention(features)
+        if mask is not None:   # padded segments: no attention, probability 0
+            padded = ~mask[:, :, None, None]
+            temporal_logits = temporal_logits.masked_fill(padded, float("-inf"))
+            frame_prob = frame_prob.masked_fill(padded, 0.0)
+        temporal_w = torch.softmax(temporal_logits, dim=1)                          # over T
         modality_w = torch.softmax(self.modality_attention(features), dim=2)        # over M
         modality_prob = (temporal_w * frame_prob).sum(dim=1)                        # (B, M, C)  Eq. 6
         global_prob = (temporal_w * modality_w * frame_prob).sum(dim=(1, 2))        # (B, C)
@@ -172,18 +208,34 @@ class AudioVisualParser(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        if cfg.preset == "ppl":
-            self.projection, self.aggregation = PPLProjection(cfg), PPLAggregation(cfg)
+        if cfg.streams == "rgb_flow":
+            self.projection = TwoStreamProjection(cfg)
         else:
-            self.projection, self.aggregation = HANProjection(cfg), HANAggregation(cfg)
+            self.projection = PPLProjection(cfg) if cfg.preset == "ppl" else HANProjection(cfg)
+        self.aggregation = PPLAggregation(cfg) if cfg.preset == "ppl" else HANAggregation(cfg)
         self.mmil = AttentiveMMIL(cfg)
         self.key_instance = KeyInstanceHead(cfg) if cfg.key_instance_head else None
 
-    def forward(self, audio: Tensor, visual_2d: Tensor, visual_3d: Tensor) -> ParserOutput:
-        visual_2d = pool_frames(visual_2d, audio.shape[1])
-        audio_hat, visual_hat = self.projection(audio, visual_2d, visual_3d)   # Eq. 1
-        audio_agg, visual_agg = self.aggregation(audio_hat, visual_hat)         # Eq. 2-3
+    def forward(self, *inputs: Tensor) -> ParserOutput:
+        """(audio, visual_2d, visual_3d) or, with model.streams=rgb_flow, (rgb, flow); optionally + mask (B, T)."""
+        n = 2 if self.cfg.streams == "rgb_flow" else 3
+        if len(inputs) not in (n, n + 1):
+            raise ValueError(f"model.streams={self.cfg.streams}: expected {n} inputs (+ an optional mask), "
+                             f"got {len(inputs)}")
+        mask = inputs[n].bool() if len(inputs) > n else None
+        if mask is not None and bool(mask.all()):   # nothing padded: the unmasked (fused) kernels, same numbers
+            mask = None
+        if n == 2:
+            audio_hat, visual_hat = self.projection(*inputs[:2])                # RGB, flow
+        else:
+            audio, visual_2d, visual_3d = inputs[:3]
+            visual_2d = pool_frames(visual_2d, audio.shape[1])
+            audio_hat, visual_hat = self.projection(audio, visual_2d, visual_3d)   # Eq. 1
+        if mask is None:
+            audio_agg, visual_agg = self.aggregation(audio_hat, visual_hat)         # Eq. 2-3
+        else:
+            audio_agg, visual_agg = self.aggregation(audio_hat, visual_hat, mask)
         features = torch.stack([audio_agg, visual_agg], dim=2)                  # (B, T, M, d)
-        frame_prob, modality_prob, global_prob = self.mmil(features)
+        frame_prob, modality_prob, global_prob = self.mmil(features, mask)
         key_prob = self.key_instance(features) if self.key_instance is not None else None
         return ParserOutput(features, frame_prob, modality_prob, global_prob, key_prob)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from model.config import NetworkConfig, PPLConfig, check_compatible
 from model.losses import LossTerms, total_loss
 from model.momentum import MomentumEncoder
+from model.masking import mask_pseudo_labels, padded_negatives
 from model.network import AudioVisualParser, ParserOutput
 from model.prototypes import PrototypeBank, Reducer, identity_reducer, select_key_segments
 from model.pseudo_labels import PseudoLabels, make_pseudo_labels
@@ -53,22 +54,30 @@ class PPL(nn.Module):
             return self.bank
         return self.bank.frozen_at(warmup + (epoch - warmup) // every * every)
 
-    def losses(self, online: ParserOutput, inputs: tuple[Tensor, ...], weak_labels: Tensor, epoch: int) -> StepOutput:
-        """Momentum forward, pseudo-labels from the labelling bank, and the loss terms."""
+    def losses(self, online: ParserOutput, inputs: tuple[Tensor, ...], weak_labels: Tensor, epoch: int,
+               mask: Tensor | None = None) -> StepOutput:
+        """Momentum forward, pseudo-labels from the labelling bank, and the loss terms.
+        ``mask`` (B, T) bool (variable-length batches; also the last of ``inputs``): padded segments get no
+        pseudo-label loss and no contrastive term."""
         momentum = self.momentum(online, *inputs)     # without an EMA copy: online, detached
         bank = self.labelling_bank(epoch)
         labels = make_pseudo_labels(self.cfg, online, momentum, bank, weak_labels, epoch)
+        if labels is not None and mask is not None:
+            labels = mask_pseudo_labels(labels, mask)
         return StepOutput(total_loss(online, weak_labels, labels, bank, self.cfg, epoch), online, momentum, labels)
 
     @torch.no_grad()
     def after_optimizer_step(self, online_network: nn.Module, momentum: ParserOutput, weak_labels: Tensor,
-                             reducer: Reducer = identity_reducer) -> Tensor | None:
+                             reducer: Reducer = identity_reducer, mask: Tensor | None = None) -> Tensor | None:
         """EMA update, then the bank update from this step's key segments (one reducer call)."""
         self.momentum.update(online_network)
         if not self.uses_bank:
             return None
-        members = select_key_segments(momentum.frame_prob, weak_labels, self.cfg)
+        members = select_key_segments(momentum.frame_prob, weak_labels, self.cfg, valid=mask)
         negatives = None
         if self.cfg.background == "negatives":   # every segment of a video without class c
             negatives = ~weak_labels.bool()                                          # (B, C)
-        return self.bank.update(momentum.features, members, reducer, negatives)   # sinkhorn: + 1 reduce per iteration
+            if mask is not None:                 # ... that is a real segment: (B, T, M, C)
+                negatives = padded_negatives(negatives, mask, momentum.features.shape[2])
+        # sinkhorn: + 1 reduce per iteration
+        return self.bank.update(momentum.features, members, reducer, negatives, valid=mask)

@@ -35,14 +35,18 @@ def identity_reducer(buffer: Tensor) -> Tensor:
     return buffer
 
 
-def select_key_segments(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig) -> Tensor:
+def select_key_segments(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig, valid: Tensor | None = None
+                        ) -> Tensor:
     """Which segments feed which prototype: (B, T, M, C+1) bool, last index = background.
 
     Class c, modality m: the top-``key_top_k`` segments over time by the momentum model's
     probability, if c is in the video's weak label and the probability >= ``key_min_prob``.
     Background: among segments where every labelled class is < ``background_max_prob``, the
     ``background_top_k`` least confident ones per (video, modality).
+    ``valid`` (B, T) bool (variable-length batches): padded segments are never keys nor background.
     """
+    if valid is not None:   # -1 ranks below every real probability and fails every key_min_prob >= 0
+        frame_prob = frame_prob.masked_fill(~valid[:, :, None, None], -1.0)
     batch, steps, mods, classes = frame_prob.shape
     labelled = weak_labels.bool()[:, None, None, :]                           # (B, 1, 1, C)
     k = min(cfg.key_top_k, steps)
@@ -53,6 +57,8 @@ def select_key_segments(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig)
     if cfg.background == "low_confidence":
         labelled_prob = frame_prob.masked_fill(~labelled, 0.0).amax(dim=-1)   # (B, T, M)
         candidate = labelled_prob < cfg.background_max_prob
+        if valid is not None:
+            candidate = candidate & valid[:, :, None]
         kb = min(cfg.background_top_k, steps)
         order = labelled_prob.masked_fill(~candidate, float("inf")).topk(kb, dim=1, largest=False).indices
         chosen = torch.zeros_like(candidate).scatter_(1, order, True) & candidate
@@ -136,7 +142,7 @@ class PrototypeBank(nn.Module):
 
     @torch.no_grad()
     def collect(self, features: Tensor, members: Tensor, negative_members: Tensor | None = None,
-                reducer: Reducer = identity_reducer) -> Tensor:
+                reducer: Reducer = identity_reducer, valid: Tensor | None = None) -> Tensor:
         """Pack sums and counts per (m, c, k) — and per (m, c) for negatives — into one flat buffer.
 
         features (B, T, M, d) raw momentum features (embedded here); members (B, T, M, C+1) bool;
@@ -159,8 +165,12 @@ class PrototypeBank(nn.Module):
             neg = negative_members.to(features.dtype)
             neg_sums = torch.einsum("btmc,btmd->mcd", neg, features)
             neg_counts = neg.sum(dim=(0, 1))
-        center_sums = raw.sum(dim=(0, 1))                                      # (M, d)
-        center_counts = raw.new_full((raw.shape[2],), float(raw.shape[0] * raw.shape[1]))
+        if valid is None:
+            center_sums = raw.sum(dim=(0, 1))                                  # (M, d)
+            center_counts = raw.new_full((raw.shape[2],), float(raw.shape[0] * raw.shape[1]))
+        else:   # variable length: only real segments (B, T) feed the centre; members must be masked already
+            center_sums = torch.einsum("bt,btmd->md", valid.to(raw.dtype), raw)
+            center_counts = valid.to(raw.dtype).sum().expand(raw.shape[2])
         return torch.cat([sums.reshape(-1), counts.reshape(-1), neg_sums.reshape(-1), neg_counts.reshape(-1),
                           center_sums.reshape(-1), center_counts])
 
@@ -210,9 +220,9 @@ class PrototypeBank(nn.Module):
 
     @torch.no_grad()
     def update(self, features: Tensor, members: Tensor, reducer: Reducer = identity_reducer,
-               negative_members: Tensor | None = None) -> Tensor:
+               negative_members: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
         """One bank step: collect -> reducer (e.g. all-reduce SUM of the packed buffer) -> apply."""
-        return self.apply(reducer(self.collect(features, members, negative_members, reducer)))
+        return self.apply(reducer(self.collect(features, members, negative_members, reducer, valid)))
 
     @torch.no_grad()
     def frozen_at(self, epoch: int) -> "PrototypeBank":

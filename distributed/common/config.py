@@ -40,6 +40,9 @@ class DataConfig:
     skip_bad_samples: bool = False        # shards: skip (count, log) instead of failing
     verify_shards: bool = True            # shards: check each shard's sha256 against the manifest
     limit_train: int = 0                  # 0 = all videos (useful for smoke tests)
+    # W-TAL (model.streams=rgb_flow; THUMOS14 layout, docs/tal.md)
+    train_snippets: int = 320             # snippets drawn per training video (CO2-Net's 320); 0 = whole, padded
+    protocol: str = "A"                   # THUMOS14 scoring: A = W-TALC/CO2-Net/DELU (212), B = BaS-Net (210)
 
 
 @dataclass
@@ -106,6 +109,12 @@ class RunConfig:
         _require(d.eval_batch_size >= 1, "data.eval_batch_size", "must be >= 1")
         _require(d.loader_workers >= 0, "data.loader_workers", "must be >= 0")
         _require(d.limit_train >= 0, "data.limit_train", "must be >= 0")
+        _require(isinstance(d.train_snippets, int) and d.train_snippets >= 0, "data.train_snippets",
+                 "must be an integer >= 0 (0 = whole videos, padded)")
+        _require(d.protocol in ("A", "B"), "data.protocol", f"must be A or B (docs/tal.md), got {d.protocol!r}")
+        _require(self.model.streams != "rgb_flow" or not d.shards, "data.shards",
+                 "W-TAL runs (model.streams=rgb_flow) read data.annotations + data.features (THUMOS14 layout); "
+                 "variable-length shards are not built yet")
         _require(o.lr > 0, "optim.lr", "must be > 0")
         _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _require(o.lr * o.weight_decay < 1, "optim.weight_decay",

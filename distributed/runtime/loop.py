@@ -26,6 +26,7 @@ from distributed.runtime.engine import build_engine, learning_rate
 from distributed.runtime.evaluation import INPUT_KEYS, evaluate_split, save_predictions
 from distributed.runtime.faults import maybe_inject_failure
 from distributed.runtime.tracking import RunLogger
+from distributed.runtime.wtal_eval import SELECT_KEY, evaluate_wtal, finish_wtal
 from model.ppl import PPL
 from model.pseudo_labels import pseudo_label_counts
 
@@ -82,8 +83,8 @@ def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
             metrics["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
         if hasattr(data, "skipped"):
             metrics["skipped_bad_samples"] = comm.sum_floats(data.skipped)[0]
-        val, val_loss, _ = evaluate_split(engine.module, data.eval("val"), ctx.device, comm)
-        metrics.update({f"val_{k}": v for k, v in val.items()})
+        val, val_loss, selection_split = epoch_scores(engine.module, data, ctx.device, comm)
+        metrics.update({f"{selection_split}_{k}": v for k, v in val.items()})
         if val_loss is not None:
             metrics["val_weak_label_loss"] = val_loss
         metrics["epoch"] = epoch + 1
@@ -91,7 +92,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
         if is_new_best(state, val, val_loss, epoch + 1) and ctx.rank == 0:
             output_dir.mkdir(parents=True, exist_ok=True)
             ckpt.save_model(output_dir / ckpt.BEST_MODEL_FILE, method, engine.module.state_dict(), cfg.to_dict(),
-                            {"epoch": epoch + 1, "val": val})
+                            {"epoch": epoch + 1, selection_split: val})
         state.history.append(metrics)
         if ctx.rank == 0:
             console.line(epoch_line(cfg, metrics))
@@ -136,11 +137,12 @@ def train_epoch(cfg: RunConfig, ctx: WorkerContext, method: PPL, engine, data, c
 
 def train_step(cfg: RunConfig, method: PPL, engine, batch: dict, epoch: int, reducer):
     """Forward, losses, backward, optimizer step; then EMA + bank update (skipped with the step)."""
-    inputs = tuple(batch[k] for k in INPUT_KEYS)
+    mask = batch.get("mask")                        # variable-length (W-TAL) batches: (B, T), True = real
+    inputs = (batch["rgb"], batch["flow"], mask) if "rgb" in batch else tuple(batch[k] for k in INPUT_KEYS)
     weak = batch["weak_labels"]
     online = engine(*inputs)
     try:
-        step = method.losses(online, inputs, weak, epoch)
+        step = method.losses(online, inputs, weak, epoch, mask=mask)
     except RuntimeError as err:   # BCE refuses NaN probabilities: the weights have diverged
         if "between 0 and 1" not in str(err):
             raise
@@ -150,7 +152,7 @@ def train_step(cfg: RunConfig, method: PPL, engine, batch: dict, epoch: int, red
     engine.step()
     bank_counts = None
     if engine.step_was_applied():   # an fp16 overflow skips the step: the teacher and bank wait with it
-        bank_counts = method.after_optimizer_step(engine.module, step.momentum, weak, reducer)
+        bank_counts = method.after_optimizer_step(engine.module, step.momentum, weak, reducer, mask=mask)
     pl_counts = None
     if step.labels is not None and "dense_audio" in batch:
         dense = torch.stack([batch["dense_audio"], batch["dense_visual"]], dim=2)
@@ -161,7 +163,9 @@ def train_step(cfg: RunConfig, method: PPL, engine, batch: dict, epoch: int, red
 
 def is_new_best(state: TrainingState, val: dict[str, float], val_loss: float | None, epoch: int) -> bool:
     """Model selection: val seg Type@AV, or (no dense truth) the lowest val weak-label loss; same on every rank."""
-    if "seg_type" in val:
+    if SELECT_KEY in val:            # W-TAL: test mAP@[0.1:0.7] (best-on-test, labelled as such)
+        current = val[SELECT_KEY]
+    elif "seg_type" in val:
         current = val["seg_type"]
     elif val_loss is not None:
         current = -val_loss
@@ -176,6 +180,9 @@ def is_new_best(state: TrainingState, val: dict[str, float], val_loss: float | N
 def finish(cfg: RunConfig, ctx: WorkerContext, engine, data, comm: Collectives, state: TrainingState,
            logger) -> None:
     """Score test with the best weights, write results.json, log artifacts, final report."""
+    if getattr(data, "task", "llp") == "wtal":
+        return finish_wtal(cfg, ctx, engine, data, comm, state, logger, RESULTS_FILE, ckpt.BEST_MODEL_FILE,
+                           ckpt.load_model)
     output_dir = Path(cfg.output_dir)
     comm.barrier()                     # rank 0 has written the best model
     best = ckpt.load_model(output_dir / ckpt.BEST_MODEL_FILE)
@@ -229,7 +236,18 @@ def seed_everything(cfg: RunConfig) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def epoch_scores(network, data, device: torch.device, comm: Collectives):
+    """(scores, weak-label loss or None, split name): LLP val by the ten F1 numbers, W-TAL test by mAP."""
+    if getattr(data, "task", "llp") == "wtal":
+        return evaluate_wtal(network, data, device, comm)[0], None, "test"
+    val, val_loss, _ = evaluate_split(network, data.eval("val"), device, comm)
+    return val, val_loss, "val"
+
+
 def build_data(cfg: RunConfig, ctx: WorkerContext):
+    if cfg.model.streams == "rgb_flow":
+        from distributed.data.wtal_arrays import WTALData
+        return WTALData(cfg, ctx.rank, ctx.world_size)
     if cfg.data.shards:
         from distributed.data.shards import ShardData
         return ShardData(cfg, ctx.rank, ctx.world_size)
@@ -251,7 +269,9 @@ def assert_bank_in_sync(method: PPL, comm: Collectives, step: int) -> None:
 def epoch_line(cfg: RunConfig, m: dict[str, float]) -> str:
     parts = [f"epoch {m['epoch']}/{cfg.optim.epochs}", f"loss {m.get('loss_total', float('nan')):.4f}",
              f"(mil {m.get('loss_mil', 0):.4f} pl {m.get('loss_pseudo_label', 0):.4f})"]
-    if "val_seg_type" in m:
+    if "test_map_avg_0.1_0.7" in m:
+        parts.append(f"test mAP@[0.1:0.5] {m['test_map_avg_0.1_0.5']:.1f} [0.1:0.7] {m['test_map_avg_0.1_0.7']:.1f}")
+    elif "val_seg_type" in m:
         parts.append(f"val seg Type@AV {m['val_seg_type']:.1f} evt Type@AV {m['val_evt_type']:.1f}")
     elif "val_weak_label_loss" in m:
         parts.append(f"val weak-label loss {m['val_weak_label_loss']:.4f}")
