@@ -462,3 +462,20 @@ def test_variant_sweep_prints_the_tables_from_the_logged_metrics(tmp_path, synth
     for line, variant in ((t3[3], "hot"), (t3[4], "ppl"), (t2[3], "base"), (t2[4], "ppl")):
         seg_a = float(line.split()[2].rstrip("*"))       # label, n, then Segment A
         assert seg_a == pytest.approx(runs[variant].data.metrics["test_seg_a"], abs=0.05)
+
+
+@pytest.mark.ray
+def test_a_trial_bigger_than_the_local_machine_is_refused(tmp_path, synth_data, capsys):
+    """Tune would queue it forever; the sweep says so in one line and exits 2."""
+    import ray
+
+    path = write_sweep(tmp_path / "big.yaml", synth_data, {"ppl.tau": {"grid": [0.1]}}, name="big",
+                       storage=str(tmp_path / "sweeps"), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+                       resources_per_trial={"workers": 0, "cpus_per_worker": 512})
+    was_running = ray.is_initialized()
+    if was_running:
+        ray.shutdown()          # the sweep must start (and size) its own local instance
+    rc, _, err = run_cli(["sweep", "--config", str(path)], capsys)
+    last = err.strip().splitlines()[-1]      # (Ray's own start-up warnings come before it)
+    assert rc == 2 and "resources_per_trial: one trial needs 512 CPU" in last and "the Ray cluster has" in last
+    assert not ray.is_initialized() and not (tmp_path / "sweeps").exists() and not (tmp_path / "m.db").exists()

@@ -242,6 +242,19 @@ def _init_ray(spec: SweepSpec) -> bool:
     return True
 
 
+def _check_fits(spec: SweepSpec) -> None:
+    """A trial that asks for more CPUs/GPUs than the whole cluster has would wait in Tune's queue forever."""
+    import ray
+
+    have = ray.cluster_resources()
+    need = {"CPU": spec.cpus_per_worker * max(spec.workers, 1), "GPU": spec.gpus_per_worker * max(spec.workers, 1)}
+    for kind, amount in need.items():
+        if amount > have.get(kind, 0.0) + 1e-9:
+            raise UserError(f"{spec.path}: resources_per_trial: one trial needs {amount:g} {kind} "
+                            f"({max(spec.workers, 1)} x {kind.lower()}s_per_worker), the Ray cluster has "
+                            f"{have.get(kind, 0.0):g}; lower {kind.lower()}s_per_worker or add nodes")
+
+
 def _trainable(spec: SweepSpec, parent_run_id: str):
     from ray import tune as raytune
 
@@ -322,11 +335,19 @@ def main(argv=None) -> int:
                         f"original file and overrides, or use --name NAME for a new sweep")
     if args.resume and not (state or restorable):
         print(f"nothing to resume in {spec.experiment_dir}: starting the sweep", flush=True)
+    started_ray = _init_ray(spec)
+    if started_ray:              # a cluster may autoscale; a local instance has what it has
+        try:
+            _check_fits(spec)
+        except UserError:
+            import ray
+
+            ray.shutdown()       # refused before any run or state file exists
+            raise
     parent_run_id = ensure_parent_run(spec, state)
     print(f"MLflow parent run {parent_run_id} ({spec.tracking_uri}, experiment {spec.experiment})", flush=True)
 
     client = mlflow_client(spec.tracking_uri)
-    started_ray = _init_ray(spec)
     status, errors, unfinished, finished = "FAILED", [], 0, 0
     try:
         tuner = build_tuner(spec, parent_run_id, restore=args.resume and restorable)
