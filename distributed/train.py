@@ -27,9 +27,9 @@ from distributed.runtime.checkpoint import (BEST_MODEL_FILE, FINAL_MODEL_FILE, c
                                             run_checkpoints, run_fingerprint)
 from distributed.runtime.launch import fit_with_ray
 from distributed.runtime.loop import RESULTS_FILE, train_loop_per_worker
+from distributed.runtime.wtal_eval import PROPOSALS_FILES
 
-RUN_OUTPUTS = (RESULTS_FILE, BEST_MODEL_FILE, FINAL_MODEL_FILE, "test_proposals_last.json",
-               "test_proposals_best.json")
+RUN_OUTPUTS = (RESULTS_FILE, BEST_MODEL_FILE, FINAL_MODEL_FILE, *PROPOSALS_FILES.values())
 DRIVER_TAG = "ppl_avvp.driver"            # MLflow tag: "<host>:<pid>" of the process that created the run
 OUTPUT_DIR_TAG = "ppl_avvp.output_dir"    # MLflow tag: the run's absolute output_dir
 
@@ -57,7 +57,7 @@ def check_data(cfg: RunConfig) -> None:
         from distributed.runtime.engine import deepspeed_config
 
         deepspeed_config(cfg)                      # the optional JSON exists and agrees with the config
-    if cfg.model.streams == "rgb_flow":
+    if cfg.is_wtal:
         check_wtal_data(cfg)
         return
     if cfg.data.shards:

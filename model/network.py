@@ -222,9 +222,7 @@ class AudioVisualParser(nn.Module):
         if len(inputs) not in (n, n + 1):
             raise ValueError(f"model.streams={self.cfg.streams}: expected {n} inputs (+ an optional mask), "
                              f"got {len(inputs)}")
-        mask = inputs[n].bool() if len(inputs) > n else None
-        if mask is not None and bool(mask.all()):   # nothing padded: the unmasked (fused) kernels, same numbers
-            mask = None
+        mask = inputs[n].bool() if len(inputs) > n else None   # (no `mask.all()` shortcut: a host sync per forward)
         if n == 2:
             audio_hat, visual_hat = self.projection(*inputs[:2])                # RGB, flow
         else:

@@ -112,7 +112,7 @@ class RunConfig:
         _require(isinstance(d.train_snippets, int) and d.train_snippets >= 0, "data.train_snippets",
                  "must be an integer >= 0 (0 = whole videos, padded)")
         _require(d.protocol in ("A", "B"), "data.protocol", f"must be A or B (docs/tal.md), got {d.protocol!r}")
-        _require(self.model.streams != "rgb_flow" or not d.shards, "data.shards",
+        _require(not self.is_wtal or not d.shards, "data.shards",
                  "W-TAL runs (model.streams=rgb_flow) read data.annotations + data.features (THUMOS14 layout); "
                  "variable-length shards are not built yet")
         _require(o.lr > 0, "optim.lr", "must be > 0")
@@ -149,6 +149,11 @@ class RunConfig:
     @property
     def world_size(self) -> int:
         return max(1, self.distributed.num_workers)
+
+    @property
+    def is_wtal(self) -> bool:
+        """A W-TAL run (RGB + flow, variable-length videos, mAP): its data, in-loop evaluation and end differ."""
+        return self.model.streams == "rgb_flow"
 
 
 def _require(cond: bool, key: str, msg: str) -> None:

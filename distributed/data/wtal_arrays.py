@@ -112,8 +112,6 @@ class WTALData:
     test = the protocol's test videos (``data.protocol``). There is no val split: the loop scores test
     every epoch and reports the last and the best-on-test epoch, labelled as such (the peers' practice)."""
 
-    task = "wtal"
-
     def __init__(self, cfg, rank: int, world_size: int):
         d, m = cfg.data, cfg.model
         if d.protocol not in PROTOCOLS:

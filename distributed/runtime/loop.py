@@ -83,7 +83,7 @@ def train_loop_per_worker(loop_config: dict[str, Any], on_epoch=None) -> None:
             metrics["gpu_peak_memory_gib"] = torch.cuda.max_memory_allocated(ctx.device) / 2**30
         if hasattr(data, "skipped"):
             metrics["skipped_bad_samples"] = comm.sum_floats(data.skipped)[0]
-        val, val_loss, selection_split = epoch_scores(engine.module, data, ctx.device, comm)
+        val, val_loss, selection_split = epoch_scores(cfg, engine.module, data, ctx.device, comm)
         metrics.update({f"{selection_split}_{k}": v for k, v in val.items()})
         if val_loss is not None:
             metrics["val_weak_label_loss"] = val_loss
@@ -138,7 +138,7 @@ def train_epoch(cfg: RunConfig, ctx: WorkerContext, method: PPL, engine, data, c
 def train_step(cfg: RunConfig, method: PPL, engine, batch: dict, epoch: int, reducer):
     """Forward, losses, backward, optimizer step; then EMA + bank update (skipped with the step)."""
     mask = batch.get("mask")                        # variable-length (W-TAL) batches: (B, T), True = real
-    inputs = (batch["rgb"], batch["flow"], mask) if "rgb" in batch else tuple(batch[k] for k in INPUT_KEYS)
+    inputs = (batch["rgb"], batch["flow"], mask) if cfg.is_wtal else tuple(batch[k] for k in INPUT_KEYS)
     weak = batch["weak_labels"]
     online = engine(*inputs)
     try:
@@ -180,7 +180,7 @@ def is_new_best(state: TrainingState, val: dict[str, float], val_loss: float | N
 def finish(cfg: RunConfig, ctx: WorkerContext, engine, data, comm: Collectives, state: TrainingState,
            logger) -> None:
     """Score test with the best weights, write results.json, log artifacts, final report."""
-    if getattr(data, "task", "llp") == "wtal":
+    if cfg.is_wtal:
         return finish_wtal(cfg, ctx, engine, data, comm, state, logger, RESULTS_FILE, ckpt.BEST_MODEL_FILE,
                            ckpt.load_model)
     output_dir = Path(cfg.output_dir)
@@ -236,16 +236,16 @@ def seed_everything(cfg: RunConfig) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def epoch_scores(network, data, device: torch.device, comm: Collectives):
+def epoch_scores(cfg: RunConfig, network, data, device: torch.device, comm: Collectives):
     """(scores, weak-label loss or None, split name): LLP val by the ten F1 numbers, W-TAL test by mAP."""
-    if getattr(data, "task", "llp") == "wtal":
+    if cfg.is_wtal:
         return evaluate_wtal(network, data, device, comm)[0], None, "test"
     val, val_loss, _ = evaluate_split(network, data.eval("val"), device, comm)
     return val, val_loss, "val"
 
 
 def build_data(cfg: RunConfig, ctx: WorkerContext):
-    if cfg.model.streams == "rgb_flow":
+    if cfg.is_wtal:
         from distributed.data.wtal_arrays import WTALData
         return WTALData(cfg, ctx.rank, ctx.world_size)
     if cfg.data.shards:
