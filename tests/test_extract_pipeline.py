@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,7 +146,10 @@ def test_resume_after_kill_leaves_no_partial_file_and_finishes(tmp_path):
     complete_before = [vid for vid in ids if all((out / n / f"{vid}.npy").exists() for n in CHEAP)]
     second = _extract(*args)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert f"{len(ids) - len(complete_before)} written, {len(complete_before)} already there" in second.stdout
+    # an orphaned actor of the killed job may still finish the item it holds (atomically) after the listing
+    # above, so the rerun may find more done than listed, never fewer; it finishes everything else
+    written, already = map(int, re.search(r"(\d+) written, (\d+) already there", second.stdout).groups())
+    assert written + already == len(ids) and already >= len(complete_before) and written >= 1
     assert not (out / "res152").exists()
     for name in CHEAP:
         assert sorted(p.stem for p in (out / name).glob("*.npy")) == ids
