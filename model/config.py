@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-Labeler = Literal["none", "pl", "ppl_hard", "ppl_soft", "em_mil", "poibin"]
+Labeler = Literal["none", "pl", "ppl_hard", "ppl_soft", "em_mil", "poibin", "oracle"]
 LABELERS: tuple[str, ...] = get_args(Labeler)
 
 
@@ -75,7 +75,8 @@ class PPLConfig:
     ``labeler``: none = Base (MIL only); pl = naive self-training on thresholded predictions;
     ppl_hard / ppl_soft = prototype pseudo-labels (one-hot argmax / softmax with temperature tau);
     em_mil = EM-MIL's key instances (Luo et al. 2020); poibin = PoiBin-style count-matched labels
-    (after Rachavarapu & Rajagopalan 2023, reconstructed). See docs/method.md.
+    (after Rachavarapu & Rajagopalan 2023, reconstructed); oracle = the per-segment truth as pseudo-labels, a
+    diagnostic ceiling for synthetic data only (how much any pseudo-labeler could add). See docs/method.md.
     """
 
     labeler: Labeler = "ppl_soft"
@@ -104,6 +105,9 @@ class PPLConfig:
     competition: Literal["across_classes", "per_class"] = "per_class"
     # across_classes: one softmax over labelled classes + background (seed Eq. 10 as we read it);
     # per_class: each labelled class vs background, softmax over the pair (co-occurring events don't compete)
+    # what a per_class pseudo-label weighs (ours, docs/method.md): prototypes = sigmoid((s_c - s_bg) / tau) alone;
+    # prototypes_and_teacher = the prototype margin added to the momentum teacher's own logit (ProDA-style rectification)
+    pl_evidence: Literal["prototypes", "prototypes_and_teacher"] = "prototypes"
     confidence_gate: float = 0.0           # loss only where the pseudo-label's winning prob >= gate
     pl_threshold: float = 0.5              # naive PL: target = prediction >= threshold
     # loss schedule
@@ -154,6 +158,11 @@ class PPLConfig:
                "could ever form): use negatives or low_confidence, or ppl.competition=across_classes")
         _check(self.competition in ("across_classes", "per_class"), f"{prefix}.competition",
                "must be across_classes or per_class")
+        _check(self.pl_evidence in ("prototypes", "prototypes_and_teacher"), f"{prefix}.pl_evidence",
+               f"must be prototypes or prototypes_and_teacher, got {self.pl_evidence!r}")
+        _check(self.pl_evidence == "prototypes" or self.competition == "per_class", f"{prefix}.pl_evidence",
+               "prototypes_and_teacher needs ppl.competition=per_class (the teacher gives per-class odds, no "
+               "background probability to compete across classes with)")
         for name in ("pl_weight", "contrastive_weight"):
             _check(getattr(self, name) >= 0, f"{prefix}.{name}", "must be >= 0")
             _check(getattr(self, name) <= 1000, f"{prefix}.{name}", "must be <= 1000 (the loss would overflow)")

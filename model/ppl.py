@@ -55,13 +55,13 @@ class PPL(nn.Module):
         return self.bank.frozen_at(warmup + (epoch - warmup) // every * every)
 
     def losses(self, online: ParserOutput, inputs: tuple[Tensor, ...], weak_labels: Tensor, epoch: int,
-               mask: Tensor | None = None) -> StepOutput:
+               mask: Tensor | None = None, dense_truth: Tensor | None = None) -> StepOutput:
         """Momentum forward, pseudo-labels from the labelling bank, and the loss terms.
         ``mask`` (B, T) bool (variable-length batches; also the last of ``inputs``): padded segments get no
-        pseudo-label loss and no contrastive term."""
+        pseudo-label loss and no contrastive term. ``dense_truth`` (B, T, M, C): read by the oracle labeler only."""
         momentum = self.momentum(online, *inputs)     # without an EMA copy: online, detached
         bank = self.labelling_bank(epoch)
-        labels = make_pseudo_labels(self.cfg, online, momentum, bank, weak_labels, epoch)
+        labels = make_pseudo_labels(self.cfg, online, momentum, bank, weak_labels, epoch, dense_truth)
         if labels is not None and mask is not None:
             labels = mask_pseudo_labels(labels, mask)
         return StepOutput(total_loss(online, weak_labels, labels, bank, self.cfg, epoch), online, momentum, labels)

@@ -50,16 +50,27 @@ def across_classes_labels(sim: Tensor, usable: Tensor, cfg: PPLConfig, hard: boo
     return q_classes, weights, torch.where(gate, winner, torch.full_like(winner, -1))
 
 
-def per_class_labels(sim: Tensor, usable: Tensor, negative_sim: Tensor | None, cfg: PPLConfig, hard: bool
-                     ) -> tuple[Tensor, Tensor, Tensor]:
+TEACHER_LOGIT_CLAMP = 13.8   # logit(1 - 1e-6): a saturated teacher stays finite and can still be outvoted
+
+
+def per_class_labels(sim: Tensor, usable: Tensor, negative_sim: Tensor | None, cfg: PPLConfig, hard: bool,
+                     teacher_prob: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Per labelled class c, softmax over {c, background} = sigmoid((s_c - s_bg) / tau): co-occurring
     events do not compete. s_bg is c's own negative prototype (``negative_sim``, background=negatives)
-    or the modality's background prototype."""
+    or the modality's background prototype.
+
+    ``teacher_prob`` (B, T, M, C), for ``pl_evidence=prototypes_and_teacher``: the prototype margin is read as a
+    likelihood ratio on the momentum teacher's own odds, q = sigmoid(logit p_teacher + (s_c - s_bg) / tau)
+    (ProDA's prototype rectification of the teacher's labels, in the two-way form). Prototype labels alone are a
+    nearest-mean classifier, which the learned classifier outgrows; rectified labels cannot fall far below it."""
     num_classes = sim.shape[-1] - 1
     class_sim = sim[..., :num_classes]
     background = negative_sim if negative_sim is not None else sim[..., num_classes:].expand_as(class_sim)
     usable = usable[..., :num_classes] & torch.isfinite(background)
-    q = torch.sigmoid(((class_sim - background) / cfg.tau).masked_fill(~usable, 0.0))
+    logits = (class_sim - background) / cfg.tau
+    if teacher_prob is not None:
+        logits = logits + torch.logit(teacher_prob.float()).clamp(-TEACHER_LOGIT_CLAMP, TEACHER_LOGIT_CLAMP)
+    q = torch.sigmoid(logits.masked_fill(~usable, 0.0))
     q_classes = (q >= 0.5).float() if hard else q
     weights = usable & (torch.maximum(q, 1.0 - q) >= cfg.confidence_gate)
     # hard assignment for the contrastive loss: best positive class, else background; -1 where undecided
@@ -70,15 +81,19 @@ def per_class_labels(sim: Tensor, usable: Tensor, negative_sim: Tensor | None, c
 
 
 def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: Tensor, cfg: PPLConfig,
-                            hard: bool) -> PseudoLabels:
-    """Prototype pseudo-labels for momentum ``features`` (B, T, M, d), by ``cfg.competition``."""
+                            hard: bool, teacher_prob: Tensor | None = None) -> PseudoLabels:
+    """Prototype pseudo-labels for momentum ``features`` (B, T, M, d), by ``cfg.competition``; with
+    ``cfg.pl_evidence=prototypes_and_teacher``, rectifying the momentum model's ``teacher_prob`` (B, T, M, C)."""
     embedded = bank.embed(features)   # once per step: centring + normalising (B, T, M, d)
     sim, usable = _labelled_similarities(embedded, bank, weak_labels)
     if cfg.competition == "across_classes":
         q_classes, weights, assignment = across_classes_labels(sim, usable, cfg, hard)
     else:
         negative_sim = bank.negative_similarity(embedded) if cfg.background == "negatives" else None
-        q_classes, weights, assignment = per_class_labels(sim, usable, negative_sim, cfg, hard)
+        teacher = teacher_prob.detach() if cfg.pl_evidence == "prototypes_and_teacher" else None
+        if cfg.pl_evidence == "prototypes_and_teacher" and teacher is None:
+            raise ValueError("ppl.pl_evidence: prototypes_and_teacher needs the teacher's frame probabilities")
+        q_classes, weights, assignment = per_class_labels(sim, usable, negative_sim, cfg, hard, teacher)
     negatives = ~weak_labels.bool()[:, None, None, :].expand_as(weights)
     targets = torch.where(weights, q_classes, torch.zeros_like(q_classes))
     return PseudoLabels(targets=targets.detach(), weights=(weights | negatives).float(), assignment=assignment)
@@ -165,18 +180,31 @@ def poibin_pseudo_labels(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig
     return PseudoLabels(targets=targets, weights=torch.ones_like(targets), assignment=_undecided(frame_prob))
 
 
+def oracle_pseudo_labels(dense_truth: Tensor | None, weak_labels: Tensor) -> PseudoLabels:
+    """The true per-segment labels (B, T, M, C), masked by the weak labels like every labeler: the ceiling of what
+    pseudo-labels can add on this data. Synthetic data only: real training videos have no segment truth."""
+    if dense_truth is None:
+        raise ValueError("ppl.labeler: oracle needs per-segment truth in the training batches (synthetic data only)")
+    targets = (dense_truth.bool() & weak_labels.bool()[:, None, None, :]).float()
+    return PseudoLabels(targets=targets, weights=torch.ones_like(targets), assignment=_undecided(targets))
+
+
 def make_pseudo_labels(cfg: PPLConfig, online: ParserOutput, momentum: ParserOutput, bank: PrototypeBank,
-                       weak_labels: Tensor, epoch: int) -> PseudoLabels | None:
-    """Dispatch on ``cfg.labeler``; None for Base. ``bank``: the one pseudo-labels are read from."""
+                       weak_labels: Tensor, epoch: int, dense_truth: Tensor | None = None) -> PseudoLabels | None:
+    """Dispatch on ``cfg.labeler``; None for Base. ``bank``: the one pseudo-labels are read from;
+    ``dense_truth`` (B, T, M, C): only the oracle reads it."""
     if cfg.labeler == "none":
         return None
+    if cfg.labeler == "oracle":
+        return oracle_pseudo_labels(dense_truth, weak_labels)
     if cfg.labeler == "pl":
         return naive_pseudo_labels(online.frame_prob, weak_labels, cfg)
     if cfg.labeler == "em_mil":
         return em_mil_pseudo_labels(online, weak_labels, cfg, epoch)
     if cfg.labeler == "poibin":
         return poibin_pseudo_labels(online.frame_prob, weak_labels, cfg)
-    return prototype_pseudo_labels(momentum.features, bank, weak_labels, cfg, hard=cfg.labeler == "ppl_hard")
+    return prototype_pseudo_labels(momentum.features, bank, weak_labels, cfg, hard=cfg.labeler == "ppl_hard",
+                                   teacher_prob=momentum.frame_prob)
 
 
 MODALITY_NAMES = ("a", "v")          # dim 2 of (B, T, M, C): audio, visual

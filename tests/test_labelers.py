@@ -20,8 +20,10 @@ AUDIO, VISUAL = 0, 1
 TINY = dict(model_dim=16, audio_hidden=8, visual_hidden=16)
 # (labeler, epoch, extra config): em_mil twice, once in an E-epoch and once in an M-epoch
 LABELERS = [("pl", 1, {}), ("ppl_hard", 1, {}), ("ppl_soft", 1, {}), ("em_mil", 0, {}), ("em_mil", 1, {}),
-            ("poibin", 1, {}), ("ppl_soft", 1, {"prototypes_per_class": 3, "prototype_assignment": "sinkhorn"})]
-IDS = ["pl", "ppl_hard", "ppl_soft", "em_mil_E", "em_mil_M", "poibin", "ppl_soft_sinkhorn_k3"]
+            ("poibin", 1, {}), ("ppl_soft", 1, {"prototypes_per_class": 3, "prototype_assignment": "sinkhorn"}),
+            ("ppl_soft", 1, {"pl_evidence": "prototypes_and_teacher"}), ("oracle", 1, {})]
+IDS = ["pl", "ppl_hard", "ppl_soft", "em_mil_E", "em_mil_M", "poibin", "ppl_soft_sinkhorn_k3", "ppl_soft_rectified",
+       "oracle"]
 
 
 def batch(seed=0, batch_size=B):
@@ -39,14 +41,21 @@ def method(labeler, seed=0, **options):
     return PPL(NetworkConfig(key_instance_head=labeler == "em_mil", **TINY), cfg, seed=seed)
 
 
+def dense_truth(weak, seed=0):
+    """Per-segment truth consistent with the weak labels (B, T, M, C): each labelled class on in a random half."""
+    g = torch.Generator().manual_seed(seed + 7)
+    return ((torch.rand(weak.shape[0], T, 2, C, generator=g) < 0.5) & weak.bool()[:, None, None, :]).float()
+
+
 def labels_of(labeler, epoch, options, seed=0):
     """One step's pseudo-labels, after one bank update so prototype labelers have prototypes."""
     ppl = method(labeler, seed, **options)
     inputs, weak = batch(seed)
+    truth = dense_truth(weak, seed)
     online = ppl.network(*inputs)
-    step = ppl.losses(online, inputs, weak, epoch)
+    step = ppl.losses(online, inputs, weak, epoch, dense_truth=truth)
     ppl.after_optimizer_step(ppl.network, step.momentum, weak)
-    return ppl.losses(ppl.network(*inputs), inputs, weak, epoch).labels, weak
+    return ppl.losses(ppl.network(*inputs), inputs, weak, epoch, dense_truth=truth).labels, weak
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,6 +98,74 @@ def test_labelled_classes_get_pseudo_label_loss_except_in_em_mils_e_step(labeler
     e_step = labeler == "em_mil" and em_mil_phase(epoch, method(labeler).cfg) == "E"
     assert (labels.weights[labelled].sum() == 0) == e_step
     assert (labels.key_targets is not None) == e_step
+
+
+# ---------------------------------------------------------------------------------------------
+# ppl_soft with pl_evidence=prototypes_and_teacher; the oracle
+# ---------------------------------------------------------------------------------------------
+
+def rectified_case(seed=0):
+    """A bank after one update, momentum features and teacher probabilities of a second step."""
+    ppl = method("ppl_soft", seed, pl_evidence="prototypes_and_teacher")
+    inputs, weak = batch(seed)
+    step = ppl.losses(ppl.network(*inputs), inputs, weak, 1)
+    ppl.after_optimizer_step(ppl.network, step.momentum, weak)
+    momentum = ppl.momentum(ppl.network(*inputs), *inputs)
+    return ppl, momentum, weak
+
+
+def test_rectified_labels_add_the_prototype_margin_to_the_teachers_logit():
+    ppl, momentum, weak = rectified_case()
+    bank, cfg = ppl.bank, ppl.cfg
+    labels = prototype_pseudo_labels(momentum.features, bank, weak, cfg, hard=False, teacher_prob=momentum.frame_prob)
+    embedded = bank.embed(momentum.features)
+    margin = (bank.nearest(embedded)[0][..., :C] - bank.negative_similarity(embedded)) / cfg.tau
+    expected = torch.sigmoid(margin + torch.logit(momentum.frame_prob).clamp(-13.8, 13.8))
+    usable = (labels.weights > 0) & weak.bool()[:, None, None, :] & torch.isfinite(margin)
+    assert usable.sum() > 20
+    assert torch.allclose(labels.targets[usable], expected[usable], atol=1e-6)
+    prototypes_only = torch.sigmoid(margin)
+    assert (labels.targets[usable] - prototypes_only[usable]).abs().max() > 1e-3   # the teacher's odds count
+
+
+def test_an_undecided_teacher_leaves_the_prototype_labels_unchanged():
+    ppl, momentum, weak = rectified_case()
+    undecided = torch.full_like(momentum.frame_prob, 0.5)                            # logit 0
+    rectified = prototype_pseudo_labels(momentum.features, ppl.bank, weak, ppl.cfg, hard=False, teacher_prob=undecided)
+    plain_cfg = PPLConfig(**{**vars(ppl.cfg), "pl_evidence": "prototypes"})
+    plain = prototype_pseudo_labels(momentum.features, ppl.bank, weak, plain_cfg, hard=False)
+    assert torch.allclose(rectified.targets, plain.targets, atol=1e-6)
+    assert torch.equal(rectified.weights, plain.weights)
+
+
+def test_a_saturated_teacher_can_still_be_outvoted_by_the_prototypes():
+    ppl, momentum, weak = rectified_case()
+    certain = torch.ones_like(momentum.frame_prob)                                   # logit +inf before the clamp
+    labels = prototype_pseudo_labels(momentum.features, ppl.bank, weak, ppl.cfg, hard=False, teacher_prob=certain)
+    assert torch.isfinite(labels.targets).all()
+    assert (labels.targets[weak.bool()[:, None, None, :].expand_as(labels.targets)] < 1.0).any()
+
+
+def test_rectified_labels_need_per_class_competition():
+    with pytest.raises(ValueError, match="ppl.pl_evidence: prototypes_and_teacher needs ppl.competition=per_class"):
+        PPLConfig(pl_evidence="prototypes_and_teacher", competition="across_classes",
+                  background="low_confidence").validate()
+    with pytest.raises(ValueError, match="ppl.pl_evidence: must be prototypes or prototypes_and_teacher"):
+        PPLConfig(pl_evidence="teacher").validate()
+
+
+def test_oracle_labels_are_the_segment_truth_inside_the_weak_label():
+    labels, weak = labels_of("oracle", 1, {})
+    truth = dense_truth(weak)
+    assert torch.equal(labels.targets, truth) and (labels.weights == 1).all()
+    assert truth.sum() > 0
+
+
+def test_oracle_without_segment_truth_is_refused():
+    ppl = method("oracle")
+    inputs, weak = batch()
+    with pytest.raises(ValueError, match="ppl.labeler: oracle needs per-segment truth"):
+        ppl.losses(ppl.network(*inputs), inputs, weak, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,11 +438,12 @@ def test_a_resumed_run_keeps_the_frozen_bank_of_its_cycle():
 def test_a_few_steps_with_each_labeler_lower_the_loss_on_a_tiny_batch(labeler, epoch, options):
     ppl = method(labeler, contrastive_weight=0.1, **options)
     inputs, weak = batch(batch_size=8)
+    truth = dense_truth(weak)
     optimiser = torch.optim.Adam(ppl.network.parameters(), lr=3e-3)
     losses = []
     for _ in range(25):
         out = ppl.network(*inputs)
-        step = ppl.losses(out, inputs, weak, epoch)
+        step = ppl.losses(out, inputs, weak, epoch, dense_truth=truth)
         optimiser.zero_grad()
         step.losses.total.backward()
         optimiser.step()

@@ -140,9 +140,13 @@ def train_step(cfg: RunConfig, method: PPL, engine, batch: dict, epoch: int, red
     mask = batch.get("mask")                        # variable-length (W-TAL) batches: (B, T), True = real
     inputs = (batch["rgb"], batch["flow"], mask) if cfg.is_wtal else tuple(batch[k] for k in INPUT_KEYS)
     weak = batch["weak_labels"]
+    dense = torch.stack([batch["dense_audio"], batch["dense_visual"]], dim=2) if "dense_audio" in batch else None
+    if cfg.ppl.labeler == "oracle" and dense is None:
+        raise UserError("ppl.labeler: oracle needs per-segment truth in the training data (synthetic sets carry "
+                        "it; real training videos have only weak labels)")
     online = engine(*inputs)
     try:
-        step = method.losses(online, inputs, weak, epoch, mask=mask)
+        step = method.losses(online, inputs, weak, epoch, mask=mask, dense_truth=dense)
     except RuntimeError as err:   # BCE refuses NaN probabilities: the weights have diverged
         if "between 0 and 1" not in str(err):
             raise
@@ -154,8 +158,7 @@ def train_step(cfg: RunConfig, method: PPL, engine, batch: dict, epoch: int, red
     if engine.step_was_applied():   # an fp16 overflow skips the step: the teacher and bank wait with it
         bank_counts = method.after_optimizer_step(engine.module, step.momentum, weak, reducer, mask=mask)
     pl_counts = None
-    if step.labels is not None and "dense_audio" in batch:
-        dense = torch.stack([batch["dense_audio"], batch["dense_visual"]], dim=2)
+    if step.labels is not None and dense is not None:
         pl_counts = pseudo_label_counts(step.labels, online.frame_prob.detach(), online.global_prob.detach(),
                                         weak, dense)
     return step.losses.as_floats(), pl_counts, bank_counts
@@ -245,6 +248,9 @@ def epoch_scores(cfg: RunConfig, network, data, device: torch.device, comm: Coll
 
 
 def build_data(cfg: RunConfig, ctx: WorkerContext):
+    if cfg.is_wtal and cfg.data.shards:
+        from distributed.data.shards.wtal import WTALShardData
+        return WTALShardData(cfg, ctx.rank, ctx.world_size)
     if cfg.is_wtal:
         from distributed.data.wtal_arrays import WTALData
         return WTALData(cfg, ctx.rank, ctx.world_size)
