@@ -178,3 +178,36 @@ def test_format_shards_writes_a_split_that_verifies(llp_like, tmp_path):
     verify = subprocess.run([sys.executable, "-m", "distributed.cli", "shard", "verify", str(target / "shards" / "train"),
                              "--deep"], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
     assert verify.returncode == 0, verify.stderr[-2000:]
+
+
+def test_clap_with_vggish_decodes_48k_and_keeps_the_16k_features(tmp_path):
+    """--backbones vggish,clap_htsat_unfused on a real local Ray: the 48 kHz track reaches CLAP (T x 512 per video),
+    and VGGish's features equal those computed in-process from the 16 kHz-only decode (the path without CLAP)."""
+    import torch
+
+    from distributed.extract import backbones, sampling
+    from distributed.extract.backbones import Prepared
+    from distributed.extract.decode import decode
+    from distributed.extract.weights import build_model
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    clip = encode_clip(videos / "clapclip000.mp4", 2.0, seed=5)
+    out = tmp_path / "out"
+    proc = _extract("--videos", str(videos), "--out", str(out), "--backbones", "vggish,clap_htsat_unfused",
+                    "--batch-size", "1", "--model-cpus", "0.5", "--decode-cpus", "0.5")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "1 written, 0 already there, 0 failed" in proc.stdout
+    clap = np.load(out / "clap_htsat_unfused" / "clapclip000.npy", allow_pickle=False)
+    assert clap.shape == (2, 512) and clap.dtype == np.float32 and np.isfinite(clap).all()
+    assert not np.allclose(clap[0], clap[1])
+
+    video = decode(clip)  # what a run without CLAP decodes: 16 kHz only
+    assert video.extra_audio == {}
+    count = sampling.num_segments(video.seconds)
+    item = Prepared(video.frames[sampling.frame_indices(video.times, video.durations, count)], video.audio, count)
+    vggish = backbones.get("vggish")
+    with torch.inference_mode():
+        expected = vggish.forward(build_model(vggish, None, random_init=True, seed=3), vggish.prepare(item),
+                                  torch.device("cpu")).numpy()
+    np.testing.assert_allclose(np.load(out / "vggish" / "clapclip000.npy"), expected, rtol=1e-5, atol=1e-5)

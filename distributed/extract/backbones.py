@@ -3,13 +3,14 @@
 A ``Backbone`` says what it writes (``name``: the output folder; ``rows_per_segment`` x ``dim`` per
 segment), prepares one decoded video into a compact array on a CPU task (``prepare``: uint8 frames
 already resized, or log-mel examples), builds its architecture from the library that maintains it
-(``build``), and runs a batch of prepared items (``forward``). Weights come only from local files
-(``weights.load_state``), checked against the sha256 of the published file.
+(``build``), and runs a batch of prepared items (``forward``). An audio backbone names the sample rate it
+was trained at (``audio_rate``) and decoding produces that rate too (``extra_audio_rates``). Weights come
+only from local files (``weights.load_state``), checked against the sha256 of the published file.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,15 +18,27 @@ from torch import nn
 
 from distributed.common.errors import UserError
 from distributed.extract import logmel, sampling
+from distributed.extract.decode import SAMPLE_RATE
 
 
 @dataclass(frozen=True)
 class Prepared:
-    """What a CPU task hands the models for one video: the picked 8T frames and the 16 kHz waveform."""
+    """What a CPU task hands the models for one video: the picked 8T frames, the 16 kHz waveform, and the
+    waveform at each other rate a chosen backbone needs (CLAP: 48 kHz)."""
 
     frames: np.ndarray  # (8T, H, W, 3) uint8, in time order
     audio: np.ndarray  # (S,) float32, 16 kHz mono
     segments: int  # T
+    extra_audio: dict[int, np.ndarray] = field(default_factory=dict)  # rate -> (S_rate,) float32 mono
+
+    def audio_at(self, rate: int) -> np.ndarray:
+        """The mono waveform at ``rate`` Hz; a rate nobody asked decoding for is a bug, named here."""
+        if rate == SAMPLE_RATE:
+            return self.audio
+        if rate not in self.extra_audio:
+            raise ValueError(f"audio at {rate} Hz was not decoded (have {SAMPLE_RATE}"
+                             f"{''.join(f', {r}' for r in sorted(self.extra_audio))}): pass it in extra_audio_rates")
+        return self.extra_audio[rate]
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,7 @@ class Backbone:
     dim: int = 0  # feature width
     rows_per_segment: int = 1  # res152 writes 8 rows per second
     weights: tuple[WeightsFile, ...] = ()  # accepted published files, first = the reference's
+    audio_rate: int | None = None  # the sample rate ``prepare`` reads (Prepared.audio_at); None: no audio
 
     def prepare(self, item: Prepared) -> np.ndarray:
         """CPU side: the compact per-video input (kept small: it travels through the object store)."""
@@ -120,7 +134,7 @@ class VGGishNet(nn.Module):
 
 
 class VGGish(Backbone):
-    name, dim = "vggish", 128
+    name, dim, audio_rate = "vggish", 128, SAMPLE_RATE
     weights = (WeightsFile("vggish-10086976.pth", "10086976",
                            "https://github.com/harritaylor/torchvggish/releases/download/v0.1/vggish-10086976.pth"),)
 
@@ -212,8 +226,40 @@ class ClipImage(Backbone):
         return model(pixel_values=_normalise(x, CLIP_MEAN, CLIP_STD, device)).image_embeds
 
 
-REGISTRY: dict[str, type[Backbone]] = {cls.name: cls for cls in (VGGish, ResNet152, R2Plus1D18, ClipImage)}
+class ClapAudio(Backbone):
+    """CLAP audio embedding (LAION's HTS-AT, unfused; transformers' ClapAudioModelWithProjection), one per
+    second: each 1-s segment at 48 kHz repeat-padded to CLAP's 10 s window (``logmel.clap_examples``).
+
+    Weights: the ``pytorch_model.bin`` of ``laion/clap-htsat-unfused`` (the whole ClapModel) renamed to the
+    file below; its text tower and logit scales are ignored. No sha256 is pinned (docs/extraction.md): pass
+    a ``--weights-manifest`` with the hash of the file you downloaded.
+    """
+
+    name, dim, audio_rate = "clap_htsat_unfused", 512, logmel.CLAP_SAMPLE_RATE
+    weights = (WeightsFile("clap-htsat-unfused.bin", "", "https://huggingface.co/laion/clap-htsat-unfused"),)
+    config: dict = {}  # ClapAudioConfig overrides (tests use a tiny one); the defaults are the unfused HTS-AT
+
+    def prepare(self, item: Prepared) -> np.ndarray:
+        return logmel.clap_examples(item.audio_at(self.audio_rate), item.segments)  # (T, 1001, 64) float32
+
+    def build(self) -> nn.Module:
+        from transformers import ClapAudioConfig, ClapAudioModelWithProjection
+
+        config = ClapAudioConfig(projection_dim=self.dim, enable_fusion=False, **self.config)
+        return ClapAudioModelWithProjection(config)
+
+    def forward(self, model, x, device):
+        mel = torch.from_numpy(np.ascontiguousarray(x)).to(device).unsqueeze(1)  # (N, 1, 1001, 64)
+        return model(input_features=mel).audio_embeds  # unfused: no is_longer, no random crop
+
+
+REGISTRY: dict[str, type[Backbone]] = {cls.name: cls for cls in (VGGish, ResNet152, R2Plus1D18, ClipImage, ClapAudio)}
 DEFAULT_BACKBONES = ("vggish", "res152", "r2plus1d_18")  # the LLP layout
+
+
+def extra_audio_rates(chosen: list[Backbone]) -> tuple[int, ...]:
+    """The sample rates besides 16 kHz that the chosen backbones read: decoding makes only those."""
+    return tuple(sorted({b.audio_rate for b in chosen if b.audio_rate and b.audio_rate != SAMPLE_RATE}))
 
 
 def get(name: str) -> Backbone:

@@ -1,4 +1,5 @@
-"""Decode one video with PyAV (bundled FFmpeg, no system ffmpeg): 16 kHz mono audio and RGB frames.
+"""Decode one video with PyAV (bundled FFmpeg, no system ffmpeg): 16 kHz mono audio and RGB frames, plus the
+audio at any other rate a backbone needs (CLAP: 48 kHz), from the same decoded samples.
 
 Every way a video can be unusable ends in one DataError line naming the file, so a pipeline can
 record it in a failures file and go on.
@@ -6,7 +7,8 @@ record it in a failures file and go on.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -28,17 +30,21 @@ class DecodedVideo:
     times: np.ndarray  # (n,) float64 presentation time of each frame
     durations: np.ndarray  # (n,) float64 display duration of each frame
     fps: float  # the stream's average frame rate
+    extra_audio: dict[int, np.ndarray] = field(default_factory=dict)  # rate -> (S_rate,) float32 mono, if asked
 
     @property
     def seconds(self) -> float:
-        """Length both tracks cover: the shorter of audio and video."""
+        """Length both tracks cover: the shorter of audio and video (16 kHz audio: T does not depend on which
+        backbones, hence which rates, were chosen)."""
         video_end = float(self.times[-1] + self.durations[-1])
         return min(len(self.audio) / SAMPLE_RATE, video_end)
 
 
-def decode(path: str | Path) -> DecodedVideo:
-    """Decode ``path`` whole; raise DataError (one line) when it has no usable audio or video."""
+def decode(path: str | Path, extra_audio_rates: Iterable[int] = ()) -> DecodedVideo:
+    """Decode ``path`` whole; raise DataError (one line) when it has no usable audio or video.
+    ``extra_audio_rates``: sample rates besides 16 kHz to resample to as well (none unless a backbone asks)."""
     path = Path(path)
+    rates = (SAMPLE_RATE, *sorted({int(r) for r in extra_audio_rates} - {SAMPLE_RATE}))
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -48,7 +54,7 @@ def decode(path: str | Path) -> DecodedVideo:
             start = container.start_time / av.time_base if container.start_time is not None else 0.0
             frames, times, durations, fps = _decode_video(container, start)
             container.seek(0)
-            audio = _decode_audio(container)
+            audio_by_rate = _decode_audio(container, rates)
     except DataError:
         raise
     except (av.FFmpegError, OSError, ValueError) as exc:
@@ -56,9 +62,10 @@ def decode(path: str | Path) -> DecodedVideo:
         raise DataError(f"{path}: cannot be decoded ({type(exc).__name__}: {reason})") from None
     if len(frames) == 0:
         raise DataError(f"{path}: the video track decodes to no frames")
+    audio = audio_by_rate.pop(SAMPLE_RATE)
     if len(audio) == 0:
         raise DataError(f"{path}: the audio track decodes to no samples")
-    video = DecodedVideo(path, audio, frames, times, durations, fps)
+    video = DecodedVideo(path, audio, frames, times, durations, fps, extra_audio=audio_by_rate)
     if video.seconds < MIN_SECONDS:
         raise DataError(f"{path}: shorter than {MIN_SECONDS:g} s ({video.seconds:.2f} s)")
     return video
@@ -80,11 +87,16 @@ def _decode_video(container, start: float):
     return stack, np.asarray(times), np.asarray(durations), fps
 
 
-def _decode_audio(container) -> np.ndarray:
-    """Resample with libswresample (PyAV's AudioResampler), as the ffmpeg CLI behind moviepy does."""
-    resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-    chunks = []
+def _decode_audio(container, rates: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Resample with libswresample (PyAV's AudioResampler), as the ffmpeg CLI behind moviepy does: the track is
+    decoded once and each decoded frame goes to one resampler per rate, so every rate sees the same samples
+    and the 16 kHz output is the same whichever other rates are asked for."""
+    resamplers = {rate: av.AudioResampler(format="flt", layout="mono", rate=rate) for rate in rates}
+    chunks: dict[int, list[np.ndarray]] = {rate: [] for rate in rates}
     for frame in container.decode(container.streams.audio[0]):
-        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
-    chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+        for rate, resampler in resamplers.items():
+            chunks[rate].extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+    for rate, resampler in resamplers.items():
+        chunks[rate].extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    return {rate: np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
+            for rate, parts in chunks.items()}

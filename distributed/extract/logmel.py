@@ -1,10 +1,18 @@
-"""VGGish's log-mel front-end in NumPy, from its definition (tensorflow/models research/audioset/vggish).
+"""The audio front-ends: VGGish's log-mel in NumPy, from its definition (tensorflow/models
+research/audioset/vggish), and CLAP's, through transformers' ClapFeatureExtractor (the library that
+defines the model) with the settings of ``laion/clap-htsat-unfused``.
 
-16 kHz mono -> 25 ms periodic Hann frames every 10 ms -> |rFFT| (512 points) -> 64 HTK mel bands
+VGGish: 16 kHz mono -> 25 ms periodic Hann frames every 10 ms -> |rFFT| (512 points) -> 64 HTK mel bands
 125-7500 Hz -> log(x + 0.01) -> 96-frame (0.96 s) examples -> padded or trimmed to T.
+
+CLAP: 48 kHz mono -> one 1-s segment at a time, repeated to CLAP's 10 s window ("repeatpad") -> 1024-point
+periodic Hann frames every 480 samples (centred, reflect-padded) -> power -> 64 Slaney mel bands 50-14000 Hz
+-> 10 log10(max(x, 1e-10)) dB -> (1001, 64) per segment.
 """
 
 from __future__ import annotations
+
+from functools import lru_cache
 
 import numpy as np
 
@@ -67,3 +75,57 @@ def vggish_examples(audio: np.ndarray, segments: int) -> np.ndarray:
         examples = [np.full((EXAMPLE_FRAMES, NUM_MEL_BINS), np.log(LOG_OFFSET))]
     examples += [examples[-1]] * (segments - len(examples))
     return np.stack(examples).astype(np.float32)
+
+
+# ---------------------------------------------------------------- CLAP (laion/clap-htsat-unfused)
+CLAP_SAMPLE_RATE = 48_000  # preprocessor_config.json "sampling_rate" (HTS-AT in LAION-CLAP runs at 48 kHz)
+# preprocessor_config.json of laion/clap-htsat-unfused (revision 8fa0f1c6), as ClapFeatureExtractor arguments;
+# "rand_trunc" picks the Slaney filter bank, and crops at random only inputs longer than 10 s, which ours never are
+CLAP_FEATURES = {"feature_size": 64, "sampling_rate": CLAP_SAMPLE_RATE, "hop_length": 480, "fft_window_size": 1024,
+                 "max_length_s": 10, "frequency_min": 50, "frequency_max": 14_000, "top_db": None,
+                 "padding_value": 0.0, "padding": "repeatpad", "truncation": "rand_trunc"}
+CLAP_FRAMES = 1 + CLAP_FEATURES["max_length_s"] * CLAP_SAMPLE_RATE // CLAP_FEATURES["hop_length"]  # 1001
+MIN_SEGMENT_FILL = 0.5  # a segment the clip covers less than half of repeats the previous one
+
+
+@lru_cache(maxsize=1)
+def clap_feature_extractor():
+    """transformers' ClapFeatureExtractor built from the settings above: nothing is read from the hub."""
+    from transformers import ClapFeatureExtractor
+
+    return ClapFeatureExtractor(**CLAP_FEATURES)
+
+
+def clap_segments(audio: np.ndarray, segments: int) -> list[np.ndarray]:
+    """(S,) 48 kHz waveform -> T one-second pieces: segment k is samples [48000 k, 48000 (k + 1)).
+
+    A segment the clip covers less than half of (``--segments`` beyond the audio) repeats the last one that
+    is covered, as VGGish repeats its last example; a clip with no such segment gives what it has, or silence.
+    """
+    per_segment = CLAP_SAMPLE_RATE
+    audio = np.asarray(audio, dtype=np.float32)
+    pieces: list[np.ndarray] = []
+    for k in range(segments):
+        piece = audio[k * per_segment : (k + 1) * per_segment]
+        if len(piece) >= MIN_SEGMENT_FILL * per_segment:
+            pieces.append(piece)
+        elif pieces:
+            pieces.append(pieces[-1])
+        else:
+            pieces.append(piece if len(piece) else np.zeros(per_segment, np.float32))
+    return pieces
+
+
+def clap_examples(audio: np.ndarray, segments: int) -> np.ndarray:
+    """(S,) 48 kHz waveform -> (T, 1001, 64) float32 CLAP log-mel, one 10-s window per 1-s segment.
+
+    Each segment goes through transformers' own front end (``ClapFeatureExtractor.__call__``, "repeatpad",
+    "rand_trunc"): the segment tiled 10 times to fill 10 s, the Slaney log-mel of that. No input is longer
+    than 10 s, so nothing is cropped at random: the same audio always gives the same mel.
+    """
+    if segments < 1:
+        return np.zeros((0, CLAP_FRAMES, CLAP_FEATURES["feature_size"]), np.float32)
+    pieces = clap_segments(audio, segments)
+    features = clap_feature_extractor()(pieces, sampling_rate=CLAP_SAMPLE_RATE, return_tensors="np")
+    mel = np.asarray(features["input_features"], dtype=np.float32)  # (T, 1, 1001, 64)
+    return np.ascontiguousarray(mel[:, 0])

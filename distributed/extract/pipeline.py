@@ -53,13 +53,14 @@ def decode_and_prepare(row: dict, backbones: list[str], segments: int | None) ->
 
     result = {"id": row["id"], "path": row["path"], "error": "", "segments": 0}
     try:
-        video = decode(row["path"])
+        chosen = [registry.get(name) for name in backbones]
+        video = decode(row["path"], extra_audio_rates=registry.extra_audio_rates(chosen))  # 48 kHz only for CLAP
         count = segments or sampling.num_segments(video.seconds)
         picked = video.frames[sampling.frame_indices(video.times, video.durations, count)]
-        item = Prepared(frames=picked, audio=video.audio, segments=count)
+        item = Prepared(frames=picked, audio=video.audio, segments=count, extra_audio=video.extra_audio)
         del video
-        for name in backbones:
-            result[name] = outputs.to_bytes(registry.get(name).prepare(item))
+        for name, backbone in zip(backbones, chosen):
+            result[name] = outputs.to_bytes(backbone.prepare(item))
         result["segments"] = count
     except DataError as err:
         result["error"] = " ".join(str(err).split())

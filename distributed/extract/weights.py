@@ -76,8 +76,9 @@ def load_state(path: Path, sha256: str) -> dict[str, torch.Tensor]:
 
 
 def load_into(model: nn.Module, state: dict, path: Path, backbone: Backbone) -> None:
-    """Load ``state`` into the architecture; a head we replaced by Identity (fc) is ignored, and for CLIP
-    the text tower. Anything else missing, extra or of the wrong shape is one line naming the file."""
+    """Load ``state`` into the architecture; a head we replaced by Identity (fc) is ignored, and for CLIP and
+    CLAP (whole-model files) the text tower, its projection and the logit scales. Anything else missing, extra
+    or of the wrong shape is one line naming the file (CLAP's fused model: its fusion layers are extra)."""
     own = model.state_dict()
     ignored = ("fc.", "text_model.", "text_projection.", "logit_scale")
     extra = [k for k in state if k not in own and not k.startswith(ignored)]
