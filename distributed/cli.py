@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("distributed.train", "train Base or PPL from a config file plus key=value overrides"),
     "evaluate": ("distributed.evaluate", "score predictions or a checkpoint with the LLP protocol"),
     "predict": ("distributed.predict", "per-video events as JSON plus timeline pictures"),
-    "wtal": ("distributed.wtal", "THUMOS14-style W-TAL data: synthetic generator, one-off feature conversion"),
+    "wtal": ("distributed.wtal", "THUMOS14-style W-TAL data: synthetic generator, one-off feature conversion, shards"),
     "extract": ("distributed.extract.command", "features from raw videos: LLP layout or shards (Ray Data)"),
     "shard": ("distributed.shards", "write / verify WebDataset shards of an LLP-layout dataset"),
     "sweep": ("tune.sweep", "Ray Tune sweep over any config key (tau, EMA decay, seeds, ...)"),

@@ -86,7 +86,13 @@ def check_data(cfg: RunConfig) -> None:
 
 
 def check_wtal_data(cfg: RunConfig) -> None:
-    """W-TAL (THUMOS14 layout): both splits' annotations, the class count, one video's features per split."""
+    """W-TAL (THUMOS14 layout): both splits' annotations, the class count, one video's features per split;
+    or, with data.shards, the shard sets' manifests, annotations and widths (no tar is opened)."""
+    if cfg.data.shards:
+        from distributed.data.shards.wtal import WTALShardData
+
+        WTALShardData(cfg, 0, cfg.world_size)
+        return
     from distributed.data.arrays import batches_per_rank
     from distributed.data.thumos14 import PROTOCOLS, load_thumos14
     from distributed.data.wtal_features import read_wtal_features

@@ -2,10 +2,13 @@
 
     ppl-avvp wtal synth --out DIR [--annotations THUMOS_DIR] [--train N --test N] [--seed S] [--dim D]
     ppl-avvp wtal convert-joint --joint FILE --videonames FILE --out DIR --allow-pickle
+    ppl-avvp wtal shard --annotations THUMOS_DIR --features DIR --out DIR [--protocol A|B] [--split train|test]
 
 ``synth``: :mod:`distributed.data.wtal_synth`. ``convert-joint``: the widely shared single-file I3D
 array is pickled; this is the one command that unpickles, only with ``--allow-pickle``, and only to
-write plain per-video ``.npy`` files (:func:`distributed.data.wtal_features.convert_joint`).
+write plain per-video ``.npy`` files (:func:`distributed.data.wtal_features.convert_joint`). ``shard``:
+variable-length WebDataset shards, ``DIR/train`` and ``DIR/test`` (:mod:`distributed.data.shards.wtal`), the
+layout ``train --config thumos14 data.shards=DIR`` reads.
 """
 from __future__ import annotations
 
@@ -14,6 +17,9 @@ import sys
 from collections.abc import Sequence
 
 from distributed.common.commandline import OneLineParser, int_at_least, run_command
+from distributed.data.shards.manifest import DTYPES, MANIFEST_NAME
+from distributed.data.shards.wtal import DEFAULT_WTAL_VIDEOS_PER_SHARD, write_wtal_shards
+from distributed.data.thumos14 import PROTOCOLS
 from distributed.data.wtal_features import I3D_DIM, convert_joint
 from distributed.data.wtal_synth import generate
 
@@ -24,7 +30,7 @@ _seed = int_at_least(0, "an integer >= 0")
 
 def build_parser(prog: str = "ppl-avvp wtal") -> argparse.ArgumentParser:
     p = OneLineParser(prog=prog, description="THUMOS14-style W-TAL data.")
-    sub = p.add_subparsers(dest="action", required=True, metavar="{synth,convert-joint}",
+    sub = p.add_subparsers(dest="action", required=True, metavar="{synth,convert-joint,shard}",
                            parser_class=OneLineParser)
     s = sub.add_parser("synth", help="write a synthetic W-TAL data set in the THUMOS14 layout")
     s.add_argument("--out", required=True, metavar="DIR", help="output folder (annotations/, features/, wtal_synth.json)")
@@ -50,7 +56,40 @@ def build_parser(prog: str = "ppl-avvp wtal") -> argparse.ArgumentParser:
     c.add_argument("--dim", type=_positive_int, default=I3D_DIM, metavar="D",
                    help=f"width of each stream (default {I3D_DIM}; rows are T x 2D)")
     c.add_argument("--overwrite", action="store_true", help="replace an existing convert-joint output folder")
+    w = sub.add_parser("shard", help="variable-length WebDataset shards: DIR/train and DIR/test")
+    w.add_argument("--annotations", required=True, metavar="THUMOS_DIR", help="THUMOS14-layout annotation folder")
+    w.add_argument("--features", required=True, metavar="DIR",
+                   help="features: rgb/<video>.npy + flow/<video>.npy, or joined <video>.npy")
+    w.add_argument("--out", required=True, metavar="DIR", help="output folder (train/ and test/ shard sets)")
+    w.add_argument("--protocol", choices=sorted(PROTOCOLS), default="A",
+                   help="test videos of protocol A (212) or B (210) (default A; docs/tal.md)")
+    w.add_argument("--split", choices=("train", "test", "both"), default="both", help="which split(s) (default both)")
+    w.add_argument("--videos-per-shard", type=_positive_int, default=DEFAULT_WTAL_VIDEOS_PER_SHARD, metavar="N",
+                   help=f"videos per shard (default {DEFAULT_WTAL_VIDEOS_PER_SHARD})")
+    w.add_argument("--dtype", choices=DTYPES, default="float16",
+                   help="feature dtype on disk (default float16; float32 reproduces the feature folder exactly)")
+    w.add_argument("--dim", type=_positive_int, default=I3D_DIM, metavar="D",
+                   help=f"width of each stream (default {I3D_DIM})")
+    w.add_argument("--workers", type=_positive_int, default=1, help="processes writing shards in parallel")
+    w.add_argument("--overwrite", action="store_true", help="replace existing shard folders")
     return p
+
+
+def _shard(args) -> None:
+    from pathlib import Path
+
+    from distributed.common.fsutil import check_output_dir
+
+    splits = ("train", "test") if args.split == "both" else (args.split,)
+    for split in splits:      # refuse before writing anything
+        check_output_dir(Path(args.out) / split, overwrite=args.overwrite, marker=MANIFEST_NAME,
+                         kind="a shard directory", label="--out")
+    for split in splits:
+        m = write_wtal_shards(args.annotations, args.features, Path(args.out) / split, split, protocol=args.protocol,
+                              videos_per_shard=args.videos_per_shard, dim=args.dim, dtype=args.dtype,
+                              overwrite=args.overwrite, workers=args.workers)
+        print(f"wrote {m['num_shards']} {split} shards ({m['num_samples']} videos, {m['snippets']['min']} to "
+              f"{m['snippets']['max']} snippets, {m['pattern']}) to {Path(args.out) / split}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         c = summary["counts"]
         print(f"wrote {c['train']} train / {c['test']} test videos to {summary['out_dir']} "
               f"({summary['feature_bytes'] / 2**20:.1f} MiB of features, {summary['seconds']:.1f} s)")
+    elif args.action == "shard":
+        _shard(args)
     else:
         summary = convert_joint(args.joint, args.videonames, args.out, allow_pickle=args.allow_pickle,
                                 dim=args.dim, overwrite=args.overwrite)

@@ -107,7 +107,7 @@ def test_two_ray_workers_train_wtal_with_deepspeed_and_log_map_to_mlflow(ray_loc
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["data.shards=/nowhere"], "data.shards: W-TAL runs"),
+    (["data.shards=/nowhere", "data.limit_train=4"], "data.limit_train: W-TAL shards"),
     (["ppl.labeler=poibin"], "ppl.labeler: poibin is not built for variable-length"),
     (["data.protocol=C"], "data.protocol: must be A or B"),
     (["data.train_snippets=-1"], "data.train_snippets: must be an integer >= 0"),

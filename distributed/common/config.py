@@ -32,7 +32,8 @@ class DataConfig:
 
     annotations: str = ""                 # folder with AVVP_*.csv (LLP layout)
     features: str = ""                    # folder with vggish/ res152/ r2plus1d_18/
-    shards: str = ""                      # folder with train/ val/ test/ shard sets (ppl-avvp shard)
+    shards: str = ""                      # folder with train/ val/ test/ shard sets (ppl-avvp shard);
+                                          # W-TAL: train/ test/ (ppl-avvp wtal shard)
     batch_size: int = 16                  # per worker
     eval_batch_size: int = 64
     loader_workers: int = 0               # per training worker (shards only)
@@ -112,9 +113,8 @@ class RunConfig:
         _require(isinstance(d.train_snippets, int) and d.train_snippets >= 0, "data.train_snippets",
                  "must be an integer >= 0 (0 = whole videos, padded)")
         _require(d.protocol in ("A", "B"), "data.protocol", f"must be A or B (docs/tal.md), got {d.protocol!r}")
-        _require(not self.is_wtal or not d.shards, "data.shards",
-                 "W-TAL runs (model.streams=rgb_flow) read data.annotations + data.features (THUMOS14 layout); "
-                 "variable-length shards are not built yet")
+        _require(not (self.is_wtal and d.shards and d.limit_train), "data.limit_train",
+                 "W-TAL shards (data.shards) are read whole; write shards of fewer videos instead")
         _require(o.lr > 0, "optim.lr", "must be > 0")
         _require(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0")
         _require(o.lr * o.weight_decay < 1, "optim.weight_decay",

@@ -27,6 +27,7 @@ from distributed.common.errors import ConfigError, DataError
 from distributed.data.arrays import batches_per_rank
 from distributed.data.thumos14 import PROTOCOLS, Thumos14Split, load_thumos14
 from distributed.data.wtal_features import read_split_features
+from model.localization import Segments
 
 
 @dataclass
@@ -48,30 +49,43 @@ class WTALSplit:
     def batch(self, rows: Sequence[int], picks: Sequence[np.ndarray] | None = None, length: int = 0) -> dict:
         """Rows padded to ``length`` (0 = the longest taken); ``picks[i]``: which snippets of row i to take."""
         rows = [int(r) for r in rows]
-        taken = [np.arange(len(self.rgb[r])) if picks is None else picks[i] for i, r in enumerate(rows)]
-        width = length or max(len(t) for t in taken)
-        n, dim, classes = len(rows), self.rgb[0].shape[1], self.dense[0].shape[1]
-        rgb = np.zeros((n, width, dim), np.float32)
-        flow = np.zeros((n, width, self.flow[0].shape[1]), np.float32)
-        dense = np.zeros((n, width, classes), np.float32)
-        mask = np.zeros((n, width), bool)
-        for i, (r, t) in enumerate(zip(rows, taken)):
-            k = len(t)
-            rgb[i, :k], flow[i, :k], dense[i, :k] = self.rgb[r][t], self.flow[r][t], self.dense[r][t]
-            mask[i, :k] = True
-        dense_t = torch.from_numpy(dense)
-        return {"rgb": torch.from_numpy(rgb), "flow": torch.from_numpy(flow), "mask": torch.from_numpy(mask),
-                "weak_labels": torch.from_numpy(self.annotations.labels[rows]),
-                "dense_audio": dense_t, "dense_visual": dense_t.clone(),
-                "split_row": torch.tensor(rows, dtype=torch.int64),
-                "length": torch.tensor([len(t) for t in taken], dtype=torch.int64),
-                "video_id": [self.annotations.videos[r] for r in rows]}
+        videos = [(self.rgb[r], self.flow[r], self.dense[r]) for r in rows]
+        return collate_videos(videos, self.annotations.labels[rows], rows,
+                              [self.annotations.videos[r] for r in rows], picks, length)
+
+
+def collate_videos(videos: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]], weak_labels: np.ndarray,
+                   rows: Sequence[int], video_ids: Sequence[str], picks: Sequence[np.ndarray] | None = None,
+                   length: int = 0) -> dict:
+    """One padded batch (module doc) from per-video (rgb, flow, dense) arrays; the shard reader's too."""
+    taken = [np.arange(len(v[0])) if picks is None else picks[i] for i, v in enumerate(videos)]
+    width = length or max(len(t) for t in taken)
+    n, dim, classes = len(videos), videos[0][0].shape[1], videos[0][2].shape[1]
+    rgb = np.zeros((n, width, dim), np.float32)
+    flow = np.zeros((n, width, videos[0][1].shape[1]), np.float32)
+    dense = np.zeros((n, width, classes), np.float32)
+    mask = np.zeros((n, width), bool)
+    for i, ((r_arr, f_arr, d_arr), t) in enumerate(zip(videos, taken)):
+        k = len(t)
+        rgb[i, :k], flow[i, :k], dense[i, :k] = r_arr[t], f_arr[t], d_arr[t]
+        mask[i, :k] = True
+    dense_t = torch.from_numpy(dense)
+    return {"rgb": torch.from_numpy(rgb), "flow": torch.from_numpy(flow), "mask": torch.from_numpy(mask),
+            "weak_labels": torch.from_numpy(np.ascontiguousarray(weak_labels, dtype=np.float32)),
+            "dense_audio": dense_t, "dense_visual": dense_t.clone(),
+            "split_row": torch.tensor([int(r) for r in rows], dtype=torch.int64),
+            "length": torch.tensor([len(t) for t in taken], dtype=torch.int64),
+            "video_id": list(video_ids)}
 
 
 def dense_truth(split: Thumos14Split, lengths: Sequence[int]) -> list[np.ndarray]:
     """Per video (T_i, C): 1 where a ground-truth instance covers the snippet (``[round(s·25/16), round(e·25/16))``)."""
-    gt = split.ground_truth("snippets")
-    out = [np.zeros((t, len(split.classes)), np.float32) for t in lengths]
+    return dense_from_snippets(split.ground_truth("snippets"), lengths, len(split.classes))
+
+
+def dense_from_snippets(gt: Segments, lengths: Sequence[int], num_classes: int) -> list[np.ndarray]:
+    """``dense_truth`` from snippet-unit instances (``gt.video`` = index into ``lengths``); the shard writer's too."""
+    out = [np.zeros((t, num_classes), np.float32) for t in lengths]
     for v, c, s, e in zip(gt.video, gt.label, gt.start, gt.end):
         out[v][int(max(s, 0)):int(max(e, 0)), c] = 1.0
     return out
@@ -134,21 +148,39 @@ class WTALData:
 
     def train(self, epoch: int, skip_batches: int = 0) -> Iterator[dict]:
         split = self.splits["train"]
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(split), generator=generator)[self.rank::self.world_size].tolist()
         lengths = split.lengths
-        for step in range(skip_batches, self.num_train_batches):
-            rows = order[step * self.batch_size:(step + 1) * self.batch_size]
-            if not self.train_snippets:
-                yield split.batch(rows)
-                continue
-            picks = [stratified_snippets(int(lengths[r]), self.train_snippets,
-                                         np.random.default_rng([self.seed, epoch, r])) for r in rows]
-            yield split.batch(rows, picks, length=self.train_snippets)
+        for rows in train_rows(len(split), self.batch_size, self.rank, self.world_size, self.seed, epoch,
+                               skip_batches):
+            yield split.batch(rows, *train_picks(rows, lengths, self.train_snippets, self.seed, epoch))
 
     def eval(self, split: str) -> Iterator[dict]:
         if split not in self.splits:
             return iter(())
         data = self.splits[split]
-        rows = list(range(self.rank, len(data), self.world_size))
-        return (data.batch(rows[i:i + self.eval_batch_size]) for i in range(0, len(rows), self.eval_batch_size))
+        return (data.batch(rows) for rows in eval_rows(len(data), self.eval_batch_size, self.rank, self.world_size))
+
+
+def train_rows(num_videos: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int,
+               skip_batches: int = 0) -> Iterator[list[int]]:
+    """This rank's training batches as split rows: one permutation per (seed, epoch), rank r takes every
+    world_size-th video, equal full batches on every rank (the shard reader reads the same rows)."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_videos, generator=generator)[rank::world_size].tolist()
+    for step in range(skip_batches, batches_per_rank(num_videos, batch_size, world_size)):
+        yield order[step * batch_size:(step + 1) * batch_size]
+
+
+def train_picks(rows: Sequence[int], lengths: Sequence[int], train_snippets: int, seed: int,
+                epoch: int) -> tuple[list[np.ndarray] | None, int]:
+    """(picks, padded length) for a training batch: ``train_snippets`` snippets per video drawn by
+    (seed, epoch, row), or whole videos (None, 0) when it is 0."""
+    if not train_snippets:
+        return None, 0
+    return [stratified_snippets(int(lengths[r]), train_snippets, np.random.default_rng([seed, epoch, r]))
+            for r in rows], train_snippets
+
+
+def eval_rows(num_videos: int, batch_size: int, rank: int, world_size: int) -> Iterator[list[int]]:
+    """This rank's evaluation batches as split rows: every world_size-th video, whole; every video once over ranks."""
+    rows = list(range(rank, num_videos, world_size))
+    return (rows[i:i + batch_size] for i in range(0, len(rows), batch_size))

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from distributed.common.errors import DataError
-from distributed.data.shards.manifest import MANIFEST_NAME, load_manifest
+from distributed.data.shards.manifest import MANIFEST_NAME, check_task, load_manifest
 from distributed.data.shards.plan import train_batches_per_epoch
 from distributed.data.shards.reader import make_eval_loader, make_train_loader
 
@@ -42,7 +42,9 @@ class ShardData:
                 raise DataError(f"{self.root / split}: no {MANIFEST_NAME} (write shards with `ppl-avvp shard "
                                 f"--split {split} --out {self.root / split}`)")
         for split in ("train", "val", "test"):
-            check_manifest_matches_model(load_manifest(self.root / split), cfg.model, self.root / split)
+            manifest = load_manifest(self.root / split)
+            check_task(manifest, self.root / split, "llp")
+            check_manifest_matches_model(manifest, cfg.model, self.root / split)
         manifest = load_manifest(self.root / "train")
         self.samples_per_epoch = int(manifest["num_samples"]) if cfg.data.resample else None
         self.num_train_batches = train_batches_per_epoch(self.root / "train", cfg.data.batch_size, world_size,

@@ -72,6 +72,15 @@ def load_keys(shard_dir: str | os.PathLike, manifest: dict) -> dict[str, list[st
     return keys
 
 
+def check_task(manifest: dict, where: Path, task: str) -> None:
+    """A shard set written for another task is refused with one line (LLP manifests carry no ``task``)."""
+    found = manifest.get("task", "llp")
+    if found != task:
+        how = "`ppl-avvp wtal shard`" if task == "wtal" else "`ppl-avvp shard`"
+        raise DataError(f"{Path(where) / MANIFEST_NAME}: task is {found!r}, this run reads {task!r} shards "
+                        f"(write them with {how})")
+
+
 def shard_offsets(manifest: dict) -> list[int]:
     """Position of each shard's first sample in the manifest order (shards laid end to end)."""
     offsets, total = [], 0

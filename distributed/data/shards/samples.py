@@ -21,7 +21,7 @@ from webdataset.tariterators import base_plus_ext, tar_file_iterator
 
 from distributed.common.errors import DataError
 from distributed.common.fsutil import sha256_file
-from distributed.data.shards.manifest import KEYS_NAME, load_keys, load_manifest, one_line
+from distributed.data.shards.manifest import KEYS_NAME, MANIFEST_NAME, load_keys, load_manifest, one_line
 
 _TAR_ERRORS = (tarfile.TarError, OSError, EOFError, ValueError, AssertionError)
 
@@ -32,14 +32,17 @@ class _TarSamples:
     ``current`` names the sample being read when an error happens, for the message.
     """
 
-    def __init__(self, path: Path):
-        self.path = path
+    def __init__(self, path: Path, data: bytes | None = None):
+        self.path, self.data = path, data      # data: a byte range of the tar already read (random access)
         self.current: str | None = None
         self.count = 0
 
+    def open(self):
+        return open(self.path, "rb") if self.data is None else io.BytesIO(self.data)
+
     def __iter__(self) -> Iterator[dict]:
         sample: dict | None = None
-        with open(self.path, "rb") as fh:
+        with self.open() as fh:
             for member in tar_file_iterator(fh):
                 key, suffix = base_plus_ext(member["fname"])
                 if key is None:
@@ -150,6 +153,11 @@ def decode_sample(raw: dict, manifest: dict, path: Path, position: int) -> dict:
             if isinstance(row, bool) or not isinstance(row, int) or row < 0:
                 raise DataError(f"{where}: {field} split_row {row!r} is not a row number")
             out["split_row"] = row
+            if "length" in meta:   # variable-length samples (W-TAL): the snippets of every (None, ...) field
+                length = meta["length"]
+                if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+                    raise DataError(f"{where}: {field} length {length!r} is not a snippet count >= 1")
+                out["length"] = length
             continue
         try:
             arr = _load_npy(raw[field])
@@ -158,11 +166,58 @@ def decode_sample(raw: dict, manifest: dict, path: Path, position: int) -> dict:
         if not isinstance(arr, np.ndarray):
             arr.close()
             raise DataError(f"{where}: {field} is an .npz archive, expected .npy")
-        if list(arr.shape) != list(spec["shape"]) or str(arr.dtype) != spec["dtype"]:
+        if not _shape_fits(arr.shape, spec["shape"]) or str(arr.dtype) != spec["dtype"]:
             raise DataError(f"{where}: {field} is {arr.dtype}{list(arr.shape)}, manifest says "
                             f"{spec['dtype']}{list(spec['shape'])}")
         out[field[:-4]] = arr
+    variable = [f for f, spec in manifest["fields"].items() if spec.get("shape", [0])[:1] == [None]]
+    for field in variable:
+        if len(out[field[:-4]]) != out.get("length"):
+            raise DataError(f"{where}: {field} has {len(out[field[:-4]])} rows, its json says length "
+                            f"{out.get('length')!r}")
     return out
+
+
+def _shape_fits(shape: tuple[int, ...], spec: list) -> bool:
+    """A decoded shape against the manifest's; ``None`` (null) in the manifest = any size >= 1 (variable length)."""
+    return len(shape) == len(spec) and all(d == s if s is not None else d >= 1 for d, s in zip(shape, spec))
+
+
+def read_sample_at(path: Path, keys: Sequence[str], position: int, start: int, stop: int) -> dict:
+    """The raw sample at ``position`` of one shard, read from its byte range ``[start, stop)`` alone.
+
+    Random access for shard sets whose manifest records each sample's byte offsets (uncompressed tars:
+    a sample is its members' headers and data, contiguous). Checked like :func:`checked_samples`: one
+    sample, keyed ``keys[position]``; a file shorter than ``stop`` is a truncated shard.
+    """
+    key = keys[position]
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if size < stop:
+                raise DataError(f"shard {path}: sample #{position} ({key!r}) is bytes [{start}, {stop}) in "
+                                f"{MANIFEST_NAME}, the file ends at byte {size} (truncated?)")
+            fh.seek(start)
+            data = fh.read(stop - start)
+    except OSError as err:
+        raise DataError(f"shard {path}: unreadable ({one_line(err)})") from None
+    found = list(iter_tar_samples_bytes(path, data, position))
+    if len(found) != 1 or found[0]["__key__"] != key:
+        got = [f["__key__"] for f in found]
+        raise DataError(f"shard {path}: bytes [{start}, {stop}) hold sample(s) {got}, {KEYS_NAME} says "
+                        f"#{position} is {key!r} (rewritten shard with a stale manifest?)")
+    return found[0]
+
+
+def iter_tar_samples_bytes(path: Path, data: bytes, position: int) -> Iterator[dict]:
+    """Samples of an in-memory piece of a tar (a byte range of ``path``); errors name the shard and sample #."""
+    reader = _TarSamples(path, data)
+    try:
+        yield from reader
+    except DataError:
+        raise
+    except _TAR_ERRORS as err:
+        raise DataError(f"shard {path}: corrupt sample #{position} ({one_line(err)})") from None
 
 
 def sha256_mismatch(path: Path, expected: str) -> str | None:

@@ -18,7 +18,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +56,8 @@ def check_key(key: str, where: str = "video id") -> str:
     return key
 
 
-def _npy_bytes(arr: np.ndarray) -> bytes:
+def npy_bytes(arr: np.ndarray) -> bytes:
+    """An array as ``.npy`` bytes (never pickled)."""
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
     return buf.getvalue()
@@ -127,6 +128,8 @@ class _ArrayFeatures:
 
 @dataclass
 class _ShardJob:
+    """One LLP tar to write (picklable: worker processes run it)."""
+
     path: str
     name: str
     ids: list[str]
@@ -139,38 +142,115 @@ class _ShardJob:
     dtype: str
     loader: Callable[[int, str], dict]
 
+    def samples(self) -> Iterator[dict[str, Any]]:
+        for j, vid in enumerate(self.ids):
+            feats = self.loader(self.rows[j], vid)
+            sample: dict[str, Any] = {"__key__": vid}
+            for field in FEATURE_FIELDS:
+                if field not in feats:
+                    raise DataError(f"video {vid!r}: feature {field!r} missing")
+                arr = np.asarray(feats[field])
+                if arr.shape != self.shapes[field]:
+                    raise DataError(f"video {vid!r}: {field} has shape {arr.shape}, "
+                                    f"expected {self.shapes[field]}")
+                sample[f"{field}.npy"] = npy_bytes(cast_finite(arr, self.dtype, f"video {vid!r}: {field}"))
+            sample["labels.npy"] = npy_bytes(self.weak_labels[j].astype(np.float32))
+            if self.dense_audio is not None:
+                sample["dense_audio.npy"] = npy_bytes(self.dense_audio[j].astype(np.uint8))
+                sample["dense_visual.npy"] = npy_bytes(self.dense_visual[j].astype(np.uint8))
+            sample["json"] = json.dumps({"video_id": vid, "filename": self.filenames[j],
+                                         "split_row": self.rows[j]}, sort_keys=True).encode("utf-8")
+            yield sample
 
-def _write_one_shard(job: _ShardJob) -> dict:
-    """Write one tar (members in a fixed order, fixed mtime) and return its manifest entry."""
+    def entry_fields(self, offsets: list[int]) -> dict:
+        """What an LLP manifest entry adds to name/count/sha256/bytes: nothing (fixed-size samples)."""
+        return {}
+
+
+def cast_finite(arr: np.ndarray, dtype: str, where: str) -> np.ndarray:
+    """``arr`` as ``dtype``, refusing values the cast turns into NaN/inf (float16 overflows past 65504)."""
+    cast = arr.astype(dtype, copy=False)
+    if not np.isfinite(cast).all():
+        raise DataError(f"{where} has NaN/inf values after the cast to {dtype} "
+                        f"(|x| > 65504 overflows float16: use --dtype float32)")
+    return cast
+
+
+def _write_one_shard(job) -> dict:
+    """Write one tar (members in a fixed order, fixed mtime) and return its manifest entry.
+
+    ``job``: ``path``, ``name``, ``ids``, ``samples()`` (the samples in order) and ``entry_fields(offsets)``
+    (task-specific entry keys; ``offsets[i]`` = byte where sample i starts, ``offsets[-1]`` = end of the last).
+    """
     out = _HashingFile(Path(job.path))
+    offsets = [0]
     try:
         with wds.TarWriter(out, encoder=False, mtime=_TAR_MTIME) as sink:
-            for j, vid in enumerate(job.ids):
-                feats = job.loader(job.rows[j], vid)
-                sample: dict[str, Any] = {"__key__": vid}
-                for field in FEATURE_FIELDS:
-                    if field not in feats:
-                        raise DataError(f"video {vid!r}: feature {field!r} missing")
-                    arr = np.asarray(feats[field])
-                    if arr.shape != job.shapes[field]:
-                        raise DataError(f"video {vid!r}: {field} has shape {arr.shape}, "
-                                        f"expected {job.shapes[field]}")
-                    cast = arr.astype(job.dtype, copy=False)
-                    if not np.isfinite(cast).all():
-                        raise DataError(f"video {vid!r}: {field} has NaN/inf values after the cast "
-                                        f"to {job.dtype} (|x| > 65504 overflows float16: use --dtype float32)")
-                    sample[f"{field}.npy"] = _npy_bytes(cast)
-                sample["labels.npy"] = _npy_bytes(job.weak_labels[j].astype(np.float32))
-                if job.dense_audio is not None:
-                    sample["dense_audio.npy"] = _npy_bytes(job.dense_audio[j].astype(np.uint8))
-                    sample["dense_visual.npy"] = _npy_bytes(job.dense_visual[j].astype(np.uint8))
-                sample["json"] = json.dumps({"video_id": vid, "filename": job.filenames[j],
-                                             "split_row": job.rows[j]}, sort_keys=True).encode("utf-8")
+            for sample in job.samples():
                 sink.write(sample)
+                offsets.append(sink.tarstream.offset)   # uncompressed tar: logical offset = file byte
     finally:
         out.close()
+    if len(offsets) - 1 != len(job.ids):
+        raise DataError(f"shard {job.name}: wrote {len(offsets) - 1} samples, expected {len(job.ids)} (bug)")
     return {"name": job.name, "count": len(job.ids), "sha256": out.sha256.hexdigest(),
-            "bytes": out.nbytes}
+            "bytes": out.nbytes, **job.entry_fields(offsets)}
+
+
+def manifest_head(split: str, entries: list[dict], num_samples: int, task: str | None = None) -> dict:
+    """The keys every manifest starts with (``task`` only for non-LLP shard sets: LLP manifests stay as they were)."""
+    head = {"format": FORMAT, "version": FORMAT_VERSION}
+    if task is not None:
+        head["task"] = task
+    head.update({"split": split, "pattern": f"{split}-{{000000..{len(entries) - 1:06d}}}.tar",
+                 "num_shards": len(entries), "num_samples": num_samples, "shards": entries})
+    return head
+
+
+def manifest_tail(keys_bytes: bytes, source: dict) -> dict:
+    """The keys every manifest ends with: keys.json's checksum, the source, when and with what it was written."""
+    return {"keys_file": KEYS_NAME, "keys_sha256": hashlib.sha256(keys_bytes).hexdigest(), "source": source,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "writer": {"webdataset": getattr(wds, "__version__", "unknown"), "numpy": np.__version__}}
+
+
+def check_split_name(split: str) -> None:
+    if not re.match(r"^[A-Za-z0-9_]+$", split):
+        raise ConfigError(f"split: {split!r} must be letters, digits or '_' (it names the shards)")
+
+
+def check_workers(workers: int) -> int:
+    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
+        raise ConfigError(f"workers: must be a positive integer, got {workers!r}")
+    return int(workers)
+
+
+def publish_shards(out: str | os.PathLike, split: str, jobs: list, *, workers: int, overwrite: bool,
+                   manifest_of: Callable[[list[dict], bytes], dict],
+                   sidecars: dict[str, bytes] | None = None) -> dict:
+    """Write ``jobs`` (one tar each, named ``{split}-NNNNNN.tar``) plus keys.json, ``sidecars`` and the manifest
+    into a temporary sibling of ``out`` and rename it into place; returns the manifest.
+
+    ``manifest_of(entries, keys_bytes)`` builds the manifest from the written shards' entries.
+    """
+    out = Path(out).absolute()
+    check_output_dir(out, overwrite=overwrite, marker=MANIFEST_NAME, kind="a shard directory")
+    with published_atomically(out, "tmp") as tmp:
+        for job in jobs:
+            job.path = str(tmp / job.name)
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(max_workers=min(int(workers), len(jobs))) as pool:
+                entries = list(pool.map(_write_one_shard, jobs))
+        else:
+            entries = [_write_one_shard(job) for job in jobs]
+        keys = {job.name: job.ids for job in jobs}
+        keys_bytes = json.dumps(keys, separators=(",", ":")).encode("utf-8")
+        (tmp / KEYS_NAME).write_bytes(keys_bytes)
+        for name, data in (sidecars or {}).items():
+            (tmp / name).write_bytes(data)
+        manifest = manifest_of(entries, keys_bytes)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
 
 
 def _write_split(out: str | os.PathLike, split: str, ids: Sequence[str], filenames: Sequence[str],
@@ -182,8 +262,7 @@ def _write_split(out: str | os.PathLike, split: str, ids: Sequence[str], filenam
                  overwrite: bool, workers: int, source: dict) -> dict:
     if dtype not in DTYPES:
         raise ConfigError(f"dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    if not re.match(r"^[A-Za-z0-9_]+$", split):
-        raise ConfigError(f"split: {split!r} must be letters, digits or '_' (it names the shards)")
+    check_split_name(split)
     n = len(ids)
     if n == 0:
         raise DataError(f"split {split!r} has no videos")
@@ -210,31 +289,20 @@ def _write_split(out: str | os.PathLike, split: str, ids: Sequence[str], filenam
         order = np.arange(n)
     else:  # LLP's CSV order is not random; mix once so shard contents are not correlated
         order = np.random.default_rng([int(shuffle_seed), _SALT_WRITE]).permutation(n)
-    if isinstance(workers, bool) or int(workers) != workers or workers < 1:
-        raise ConfigError(f"workers: must be a positive integer, got {workers!r}")
+    workers = check_workers(workers)
 
-    out = Path(out).absolute()
-    check_output_dir(out, overwrite=overwrite, marker=MANIFEST_NAME, kind="a shard directory")
-    with published_atomically(out, "tmp") as tmp:
-        jobs, start = [], 0
-        for s, size in enumerate(sizes):
-            rows = [int(r) for r in order[start:start + size]]
-            start += size
-            name = f"{split}-{s:06d}.tar"
-            jobs.append(_ShardJob(
-                path=str(tmp / name), name=name, ids=[ids[r] for r in rows],
-                filenames=[filenames[r] for r in rows], rows=rows, weak_labels=weak_labels[rows],
-                dense_audio=np.asarray(dense_audio)[rows] if has_dense else None,
-                dense_visual=np.asarray(dense_visual)[rows] if has_dense else None,
-                shapes=shapes, dtype=dtype, loader=loader))
-        if workers > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(max_workers=min(int(workers), len(jobs))) as pool:
-                entries = list(pool.map(_write_one_shard, jobs))
-        else:
-            entries = [_write_one_shard(job) for job in jobs]
-        keys = {job.name: job.ids for job in jobs}
-        keys_bytes = json.dumps(keys, separators=(",", ":")).encode("utf-8")
-        (tmp / KEYS_NAME).write_bytes(keys_bytes)
+    jobs, start = [], 0
+    for s, size in enumerate(sizes):
+        rows = [int(r) for r in order[start:start + size]]
+        start += size
+        jobs.append(_ShardJob(
+            path="", name=f"{split}-{s:06d}.tar", ids=[ids[r] for r in rows],
+            filenames=[filenames[r] for r in rows], rows=rows, weak_labels=weak_labels[rows],
+            dense_audio=np.asarray(dense_audio)[rows] if has_dense else None,
+            dense_visual=np.asarray(dense_visual)[rows] if has_dense else None,
+            shapes=shapes, dtype=dtype, loader=loader))
+
+    def manifest_of(entries: list[dict], keys_bytes: bytes) -> dict:
         fields: dict[str, dict] = {f"{f}.npy": {"shape": list(shapes[f]), "dtype": dtype}
                                    for f in FEATURE_FIELDS}
         fields["labels.npy"] = {"shape": [len(classes)], "dtype": "float32"}
@@ -242,15 +310,8 @@ def _write_split(out: str | os.PathLike, split: str, ids: Sequence[str], filenam
             for f in DENSE_FIELDS:
                 fields[f"{f}.npy"] = {"shape": [num_segments, len(classes)], "dtype": "uint8"}
         fields["json"] = {"type": "json", "keys": ["filename", "split_row", "video_id"]}
-        last = len(sizes) - 1
-        manifest = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "split": split,
-            "pattern": f"{split}-{{000000..{last:06d}}}.tar",
-            "num_shards": len(sizes),
-            "num_samples": n,
-            "shards": entries,
+        return {
+            **manifest_head(split, entries, n),
             "fields": fields,
             "classes": list(classes),
             "num_classes": len(classes),
@@ -260,14 +321,10 @@ def _write_split(out: str | os.PathLike, split: str, ids: Sequence[str], filenam
             "dtype": dtype,
             "has_dense": bool(has_dense),
             "order": {"shuffled": shuffle_seed is not None, "seed": shuffle_seed},
-            "keys_file": KEYS_NAME,
-            "keys_sha256": hashlib.sha256(keys_bytes).hexdigest(),
-            "source": source,
-            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "writer": {"webdataset": getattr(wds, "__version__", "unknown"), "numpy": np.__version__},
+            **manifest_tail(keys_bytes, source),
         }
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-    return manifest
+
+    return publish_shards(out, split, jobs, workers=workers, overwrite=overwrite, manifest_of=manifest_of)
 
 
 def write_shards(features: str | os.PathLike, annotations: str | os.PathLike, split: str,
