@@ -98,7 +98,9 @@ class PPLConfig:
     #   is < background_max_prob (at most background_top_k per video and modality);
     # negatives: per class, a negative prototype from all segments of videos WITHOUT that class
     #   (certain negatives under weak labels); needs competition=per_class
-    background: Literal["none", "low_confidence", "negatives"] = "negatives"
+    # in_video_negatives: per class, a negative prototype from the background_top_k least likely segments of c
+    #   (probability < background_max_prob) in each video labelled c: context-matched negatives; per_class only
+    background: Literal["none", "low_confidence", "negatives", "in_video_negatives"] = "negatives"
     background_max_prob: float = 0.1
     background_top_k: int = 1              # at most this many least-confident segments per video+modality
     # how pseudo-labels are formed from similarities
@@ -148,10 +150,11 @@ class PPLConfig:
         for name in ("key_min_prob", "background_max_prob", "confidence_gate", "pl_threshold"):
             value = getattr(self, name)
             _check(0.0 <= value <= 1.0, f"{prefix}.{name}", f"must be in [0, 1], got {value!r}")
-        _check(self.background in ("none", "low_confidence", "negatives"), f"{prefix}.background",
-               "must be none, low_confidence or negatives")
-        _check(not (self.background == "negatives" and self.competition != "per_class"), f"{prefix}.background",
-               "negatives needs ppl.competition=per_class (each class is scored against its own negative)")
+        _check(self.background in ("none", "low_confidence", "negatives", "in_video_negatives"), f"{prefix}.background",
+               "must be none, low_confidence, negatives or in_video_negatives")
+        _check(not (self.background in ("negatives", "in_video_negatives") and self.competition != "per_class"),
+               f"{prefix}.background", f"{self.background} needs ppl.competition=per_class (each class is scored "
+               f"against its own negative)")
         _check(not (self.background == "none" and self.competition == "per_class"
                     and self.labeler in ("ppl_hard", "ppl_soft")), f"{prefix}.background",
                "none leaves per_class competition nothing to score a class against (no positive pseudo-label "

@@ -12,7 +12,8 @@ from model.losses import LossTerms, total_loss
 from model.momentum import MomentumEncoder
 from model.masking import mask_pseudo_labels, padded_negatives
 from model.network import AudioVisualParser, ParserOutput
-from model.prototypes import PrototypeBank, Reducer, identity_reducer, select_key_segments
+from model.prototypes import (PrototypeBank, Reducer, identity_reducer, select_in_video_negatives,
+                              select_key_segments)
 from model.pseudo_labels import PseudoLabels, make_pseudo_labels
 
 
@@ -79,5 +80,7 @@ class PPL(nn.Module):
             negatives = ~weak_labels.bool()                                          # (B, C)
             if mask is not None:                 # ... that is a real segment: (B, T, M, C)
                 negatives = padded_negatives(negatives, mask, momentum.features.shape[2])
+        elif self.cfg.background == "in_video_negatives":   # c's least likely segments in c's own videos
+            negatives = select_in_video_negatives(momentum.frame_prob, weak_labels, self.cfg, valid=mask)
         # sinkhorn: + 1 reduce per iteration
         return self.bank.update(momentum.features, members, reducer, negatives, valid=mask)

@@ -66,6 +66,24 @@ def select_key_segments(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig,
     return torch.cat([keys, background], dim=-1)
 
 
+def select_in_video_negatives(frame_prob: Tensor, weak_labels: Tensor, cfg: PPLConfig, valid: Tensor | None = None
+                              ) -> Tensor:
+    """``background: in_video_negatives``: which segments feed class c's negative prototype, (B, T, M, C) bool.
+
+    In each video labelled c and each modality, the ``background_top_k`` segments with the lowest momentum
+    probability of c, if below ``background_max_prob``. They share the video's context (the scene of a dog video
+    looks a little like dog everywhere) and include the modality that does not carry the event (speech heard, not
+    seen), so "not c" is learnt where the pseudo-label must decide: among the segments of c's own videos.
+    Negatives from videos without c never look like that, and every segment of a labelled video beats them.
+    """
+    if valid is not None:   # +2 ranks above every real probability and fails every background_max_prob <= 1
+        frame_prob = frame_prob.masked_fill(~valid[:, :, None, None], 2.0)
+    k = min(cfg.background_top_k, frame_prob.shape[1])
+    lowest = frame_prob.topk(k, dim=1, largest=False).indices                  # (B, k, M, C)
+    chosen = torch.zeros_like(frame_prob, dtype=torch.bool).scatter_(1, lowest, True)
+    return chosen & weak_labels.bool()[:, None, None, :] & (frame_prob < cfg.background_max_prob)
+
+
 class PrototypeBank(nn.Module):
     """Buffers: ``prototypes`` (M, C+1, K, d) unit norm; ``initialized`` (M, C+1, K) bool."""
 

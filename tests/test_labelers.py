@@ -11,7 +11,7 @@ from model.config import NetworkConfig, PPLConfig
 from model.losses import prototype_contrastive_loss, pseudo_label_loss
 from model.network import AudioVisualParser, ParserOutput
 from model.ppl import PPL
-from model.prototypes import PrototypeBank
+from model.prototypes import PrototypeBank, select_in_video_negatives
 from model.pseudo_labels import (PseudoLabels, count_matched_probabilities, em_mil_phase, em_mil_pseudo_labels,
                                  key_instance_targets, key_instances, poibin_pseudo_labels, prototype_pseudo_labels)
 
@@ -21,9 +21,10 @@ TINY = dict(model_dim=16, audio_hidden=8, visual_hidden=16)
 # (labeler, epoch, extra config): em_mil twice, once in an E-epoch and once in an M-epoch
 LABELERS = [("pl", 1, {}), ("ppl_hard", 1, {}), ("ppl_soft", 1, {}), ("em_mil", 0, {}), ("em_mil", 1, {}),
             ("poibin", 1, {}), ("ppl_soft", 1, {"prototypes_per_class": 3, "prototype_assignment": "sinkhorn"}),
-            ("ppl_soft", 1, {"pl_evidence": "prototypes_and_teacher"}), ("oracle", 1, {})]
+            ("ppl_soft", 1, {"pl_evidence": "prototypes_and_teacher"}), ("oracle", 1, {}),
+            ("ppl_soft", 1, {"background": "in_video_negatives", "background_max_prob": 1.0})]
 IDS = ["pl", "ppl_hard", "ppl_soft", "em_mil_E", "em_mil_M", "poibin", "ppl_soft_sinkhorn_k3", "ppl_soft_rectified",
-       "oracle"]
+       "oracle", "ppl_soft_in_video_negatives"]
 
 
 def batch(seed=0, batch_size=B):
@@ -152,6 +153,40 @@ def test_rectified_labels_need_per_class_competition():
                   background="low_confidence").validate()
     with pytest.raises(ValueError, match="ppl.pl_evidence: must be prototypes or prototypes_and_teacher"):
         PPLConfig(pl_evidence="teacher").validate()
+
+
+def test_in_video_negatives_are_the_least_likely_segments_of_the_classs_own_videos():
+    prob = torch.rand(3, T, 2, C, generator=torch.Generator().manual_seed(3))
+    weak = torch.zeros(3, C)
+    weak[0, [1, 4]] = 1.0
+    weak[1, 4] = 1.0
+    valid = torch.ones(3, T, dtype=torch.bool)
+    valid[1, 6:] = False                                                        # video 1 is padded after 6
+    prob[1, 6:] = 0.0                                                           # padding's probability is 0
+    cfg = PPLConfig(background="in_video_negatives", background_top_k=2, background_max_prob=0.6)
+    chosen = select_in_video_negatives(prob, weak, cfg, valid)
+    for b in range(3):
+        for m in range(2):
+            for c in range(C):
+                real = valid[b].nonzero().squeeze(1)
+                lowest = real[prob[b, real, m, c].argsort()[:2]]
+                expected = {int(t) for t in lowest if prob[b, t, m, c] < 0.6} if weak[b, c] else set()
+                assert set(chosen[b, :, m, c].nonzero().squeeze(1).tolist()) == expected, (b, m, c)
+    assert chosen[0].any() and not chosen[2].any()                              # video 2 has no labelled class
+
+
+def test_in_video_negatives_build_the_negative_prototype_from_those_segments():
+    ppl = method("ppl_soft", background="in_video_negatives", background_max_prob=1.0, bank_momentum=0.0,
+                 center_features=False)
+    inputs, weak = batch()
+    momentum = ppl.momentum(ppl.network(*inputs), *inputs)
+    chosen = select_in_video_negatives(momentum.frame_prob, weak, ppl.cfg).float()  # (B, T, M, C)
+    ppl.after_optimizer_step(ppl.network, momentum, weak)
+    unit = F.normalize(momentum.features, dim=-1)
+    expected = F.normalize(torch.einsum("btmc,btmd->mcd", chosen, unit), dim=-1)
+    has = chosen.sum(dim=(0, 1)) > 0                                            # (M, C)
+    assert has.sum() >= 2 and torch.equal(ppl.bank.negatives_initialized, has)
+    assert torch.allclose(ppl.bank.negatives[has], expected[has], atol=1e-5)
 
 
 def test_oracle_labels_are_the_segment_truth_inside_the_weak_label():

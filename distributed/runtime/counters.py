@@ -79,6 +79,10 @@ class EpochCounters:
             for m in MODALITY_NAMES:       # per modality: where confirmation bias shows first
                 out[f"pl_f1_{m}"] = _f1(counts, "pl", m)
                 out[f"pl_model_f1_{m}"] = _f1(counts, "model", m)
+                for source in ("pl", "model"):   # which side of F1 is short: too many positives or too few
+                    tp = counts[f"{source}_tp_{m}"]
+                    out[f"{source}_precision_{m}"] = 100 * tp / max(tp + counts[f"{source}_fp_{m}"], 1)
+                    out[f"{source}_recall_{m}"] = 100 * tp / max(tp + counts[f"{source}_fn_{m}"], 1)
         if self.bank_counts is not None:
             bank = self.comm.host(self.bank_counts)
             out["bank_key_segments_per_step"] = float(bank[:, :-1].sum()) / steps
