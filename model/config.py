@@ -107,6 +107,10 @@ class PPLConfig:
     competition: Literal["across_classes", "per_class"] = "per_class"
     # across_classes: one softmax over labelled classes + background (seed Eq. 10 as we read it);
     # per_class: each labelled class vs background, softmax over the pair (co-occurring events don't compete)
+    # what a per_class pseudo-label compares s_c with (ours, docs/method.md): prototype_pair = s_bg, the similarity to
+    # c's negative (or background) prototype; midpoint = the threshold halfway between the mean s_c of c's key
+    # segments and of c's negatives (running means in the bank, all-reduced with it)
+    decision: Literal["prototype_pair", "midpoint"] = "prototype_pair"
     # what a per_class pseudo-label weighs (ours, docs/method.md): prototypes = sigmoid((s_c - s_bg) / tau) alone;
     # prototypes_and_teacher = the prototype margin added to the momentum teacher's own logit (ProDA-style rectification)
     pl_evidence: Literal["prototypes", "prototypes_and_teacher"] = "prototypes"
@@ -161,6 +165,12 @@ class PPLConfig:
                "could ever form): use negatives or low_confidence, or ppl.competition=across_classes")
         _check(self.competition in ("across_classes", "per_class"), f"{prefix}.competition",
                "must be across_classes or per_class")
+        _check(self.decision in ("prototype_pair", "midpoint"), f"{prefix}.decision",
+               f"must be prototype_pair or midpoint, got {self.decision!r}")
+        _check(self.decision == "prototype_pair" or (self.competition == "per_class" and self.background in (
+            "negatives", "in_video_negatives")), f"{prefix}.decision",
+            "midpoint needs ppl.competition=per_class and ppl.background=negatives or in_video_negatives "
+            "(the threshold sits between c's key segments and c's negatives)")
         _check(self.pl_evidence in ("prototypes", "prototypes_and_teacher"), f"{prefix}.pl_evidence",
                f"must be prototypes or prototypes_and_teacher, got {self.pl_evidence!r}")
         _check(self.pl_evidence == "prototypes" or self.competition == "per_class", f"{prefix}.pl_evidence",

@@ -39,7 +39,8 @@ class PPL(nn.Module):
                                   ppl_cfg.bank_momentum, seed=seed, center=ppl_cfg.center_features,
                                   assignment=ppl_cfg.prototype_assignment, sinkhorn_epsilon=ppl_cfg.sinkhorn_epsilon,
                                   sinkhorn_iterations=ppl_cfg.sinkhorn_iterations,
-                                  keep_snapshot=self.uses_bank and ppl_cfg.reestimate_every > 0)
+                                  keep_snapshot=self.uses_bank and ppl_cfg.reestimate_every > 0,
+                                  track_similarities=ppl_cfg.decision == "midpoint")
 
     @property
     def uses_bank(self) -> bool:

@@ -89,7 +89,8 @@ class PrototypeBank(nn.Module):
 
     def __init__(self, num_classes: int, dim: int, prototypes_per_class: int = 1, momentum: float = 0.99,
                  num_modalities: int = 2, seed: int = 0, center: bool = False, assignment: str = "nearest",
-                 sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, keep_snapshot: bool = False):
+                 sinkhorn_epsilon: float = 0.05, sinkhorn_iterations: int = 3, keep_snapshot: bool = False,
+                 track_similarities: bool = False):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"bank_momentum: must be in [0, 1), got {momentum!r}")
@@ -106,6 +107,12 @@ class PrototypeBank(nn.Module):
         # running mean of all segment features per modality; similarities are taken after subtracting it
         self.register_buffer("center", torch.zeros(num_modalities, dim))
         self.register_buffer("center_initialized", torch.zeros(num_modalities, dtype=torch.bool))
+        # ppl.decision=midpoint: running means of <f, mu_{m,c}> over c's key segments and over c's negatives
+        self.track_similarities = track_similarities
+        if track_similarities:
+            for name in ("key_similarity", "negative_class_similarity"):
+                self.register_buffer(name, torch.zeros(num_modalities, num_classes))
+                self.register_buffer(f"{name}_initialized", torch.zeros(num_modalities, num_classes, dtype=torch.bool))
         self.centered = center
         self.momentum = momentum
         self.num_classes = num_classes
@@ -114,7 +121,7 @@ class PrototypeBank(nn.Module):
         self.snapshot: PrototypeBank | None = None
         if keep_snapshot:   # the bank as of the last re-estimation; its epoch is saved with it
             self.snapshot = PrototypeBank(num_classes, dim, prototypes_per_class, momentum, num_modalities, seed,
-                                          center)
+                                          center, track_similarities=track_similarities)
             self.register_buffer("snapshot_epoch", torch.tensor(-1, dtype=torch.long))
             self._snapshot_epoch = -1          # host copy: no device read per step
             self.register_load_state_dict_post_hook(lambda bank, _: bank._read_snapshot_epoch())
@@ -139,6 +146,38 @@ class PrototypeBank(nn.Module):
         sim = torch.einsum("btmd,mckd->btmck", features, self.prototypes)
         sim = sim.masked_fill(~self.initialized[None, None], float("-inf"))
         return sim.max(dim=-1)
+
+    def midpoint(self) -> Tensor:
+        """(M, C) per-class decision threshold of ``ppl.decision=midpoint``: halfway between how similar c's key
+        segments and c's negatives are, on average, to c's prototypes; -inf until both are known.
+
+        A segment without class evidence (background, after centring: noise) has cosine ~0 to every direction, so
+        comparing it with a negative *prototype* is a coin flip; comparing its similarity to c with what negatives
+        score along c is not."""
+        both = self.key_similarity_initialized & self.negative_class_similarity_initialized
+        middle = (self.key_similarity + self.negative_class_similarity) / 2
+        return middle.masked_fill(~both, float("-inf"))
+
+    def _similarity_sums(self, features: Tensor, members: Tensor, negative_members: Tensor | None,
+                         valid: Tensor | None) -> list[Tensor]:
+        """Sums and counts (M, C) of s_c = max_k <f, mu_{m,c,k}> over c's key segments and over c's negatives
+        (classes with a prototype only), for ``midpoint``."""
+        sim, _ = self.nearest(features)
+        sim = sim[..., : self.num_classes]                                     # (B, T, M, C)
+        known = torch.isfinite(sim)
+        sim = sim.masked_fill(~known, 0.0)
+        keys = (members[..., : self.num_classes] & known).to(sim.dtype)
+        if negative_members is None:
+            negatives = torch.zeros_like(keys)
+        elif negative_members.dim() == 2:   # (B, C): every (real) segment of a video without c
+            negatives = negative_members.bool()[:, None, None, :].expand_as(known)
+            if valid is not None:
+                negatives = negatives & valid[:, :, None, None]
+            negatives = (negatives & known).to(sim.dtype)
+        else:
+            negatives = (negative_members.bool() & known).to(sim.dtype)
+        return [(keys * sim).sum(dim=(0, 1)), keys.sum(dim=(0, 1)), (negatives * sim).sum(dim=(0, 1)),
+                negatives.sum(dim=(0, 1))]
 
     def negative_similarity(self, features: Tensor) -> Tensor:
         """<f, nu_{m,c}> (B, T, M, C) for unit-norm features; -inf where the class has no negative yet."""
@@ -189,8 +228,10 @@ class PrototypeBank(nn.Module):
         else:   # variable length: only real segments (B, T) feed the centre; members must be masked already
             center_sums = torch.einsum("bt,btmd->md", valid.to(raw.dtype), raw)
             center_counts = valid.to(raw.dtype).sum().expand(raw.shape[2])
-        return torch.cat([sums.reshape(-1), counts.reshape(-1), neg_sums.reshape(-1), neg_counts.reshape(-1),
-                          center_sums.reshape(-1), center_counts])
+        parts = [sums, counts, neg_sums, neg_counts, center_sums, center_counts]
+        if self.track_similarities:
+            parts += self._similarity_sums(features, members, negative_members, valid)
+        return torch.cat([part.reshape(-1) for part in parts])
 
     def _blend(self, current: Tensor, initialized: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
         """normalise(beta*mu + (1-beta)*sum/count) where count > 0; a slot's first update sets it."""
@@ -207,12 +248,18 @@ class PrototypeBank(nn.Module):
         """
         dtype = self.prototypes.dtype
         parts, start = [], 0
-        for shape in (self.prototypes.shape, self.initialized.shape, self.negatives.shape,
-                      self.negatives_initialized.shape, self.center.shape, self.center_initialized.shape):
+        shapes = [self.prototypes.shape, self.initialized.shape, self.negatives.shape,
+                  self.negatives_initialized.shape, self.center.shape, self.center_initialized.shape]
+        if self.track_similarities:
+            shapes += [self.negatives_initialized.shape] * 4
+        for shape in shapes:
             n = int(torch.Size(shape).numel())
             parts.append(buffer[start:start + n].view(shape).to(dtype))
             start += n
-        sums, counts, neg_sums, neg_counts, center_sums, center_counts = parts
+        sums, counts, neg_sums, neg_counts, center_sums, center_counts = parts[:6]
+        if self.track_similarities:   # before the prototypes move: the sums were taken against these
+            for name, (total, count) in zip(("key_similarity", "negative_class_similarity"), (parts[6:8], parts[8:10])):
+                self._blend_scalar(name, total, count)
         prototypes = self._blend(self.prototypes, self.initialized, sums, counts)
         self.prototypes.copy_(self._seed_empty_slots(prototypes, sums, counts))
         self.initialized |= counts > 0
@@ -223,6 +270,14 @@ class PrototypeBank(nn.Module):
         self.center.copy_(torch.where(self.center_initialized.unsqueeze(-1), blended, center_mean))
         self.center_initialized |= center_counts > 0
         return counts
+
+    def _blend_scalar(self, name: str, total: Tensor, count: Tensor) -> None:
+        """Running mean of a per-(m, c) similarity, with the bank's momentum; the first update sets it."""
+        current, initialized = self.get_buffer(name), self.get_buffer(f"{name}_initialized")
+        mean = total / count.clamp_min(1.0)
+        blended = torch.where(initialized, self.momentum * current + (1.0 - self.momentum) * mean, mean)
+        current.copy_(torch.where(count > 0, blended, current))
+        initialized |= count > 0
 
     def _seed_empty_slots(self, prototypes: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
         """Slots still never assigned, in a class that has key segments this step, move next to that step's class

@@ -89,8 +89,12 @@ def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: 
     if cfg.competition == "across_classes":
         q_classes, weights, assignment = across_classes_labels(sim, usable, cfg, hard)
     else:
-        negative_sim = (bank.negative_similarity(embedded) if cfg.background in ("negatives", "in_video_negatives")
-                        else None)
+        if cfg.decision == "midpoint":   # s_c against c's scalar threshold, not against a negative direction
+            negative_sim = bank.midpoint()[None, None].expand(*embedded.shape[:3], -1)
+        elif cfg.background in ("negatives", "in_video_negatives"):
+            negative_sim = bank.negative_similarity(embedded)
+        else:
+            negative_sim = None
         teacher = teacher_prob.detach() if cfg.pl_evidence == "prototypes_and_teacher" else None
         if cfg.pl_evidence == "prototypes_and_teacher" and teacher is None:
             raise ValueError("ppl.pl_evidence: prototypes_and_teacher needs the teacher's frame probabilities")

@@ -34,12 +34,18 @@ def _worker(rank: int, world: int, port: int, out_dir: str, bank_options: dict |
     dist.init_process_group("gloo", rank=rank, world_size=world)
     bank = PrototypeBank(C, D, momentum=0.9, seed=0, **(bank_options or {"prototypes_per_class": 2}))
     comm = Collectives(world, torch.device("cpu"))
-    history, counts = [], []
+    history, counts, midpoints = [], [], []
     for step in range(STEPS):
         features, prob, weak = step_data(step, rank)
-        counts.append(bank.update(features, select_key_segments(prob, weak, CFG), reducer=comm.sum_))
+        negatives = ~weak.bool() if bank.track_similarities else None
+        counts.append(bank.update(features, select_key_segments(prob, weak, CFG), reducer=comm.sum_,
+                                  negative_members=negatives))
         history.append(bank.prototypes.clone())
+        if bank.track_similarities:
+            midpoints.append(bank.midpoint())
     torch.save(torch.stack(history), os.path.join(out_dir, f"bank_rank{rank}.pt"))
+    if midpoints:
+        torch.save(torch.stack(midpoints), os.path.join(out_dir, f"midpoint_rank{rank}.pt"))
     torch.save(torch.stack(counts), os.path.join(out_dir, f"counts_rank{rank}.pt"))
     dist.destroy_process_group()
 
@@ -58,6 +64,31 @@ def two_rank_history(tmp_path_factory):
 @pytest.fixture(scope="module")
 def two_rank_sinkhorn(tmp_path_factory):
     return _spawn(tmp_path_factory.mktemp("bank_sinkhorn"), SINKHORN)
+
+
+MIDPOINT = dict(prototypes_per_class=2, center=True, track_similarities=True)
+
+
+@pytest.fixture(scope="module")
+def two_rank_midpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bank_midpoint")
+    _spawn(out, MIDPOINT)
+    return [torch.load(out / f"midpoint_rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_midpoint_thresholds_are_identical_on_both_ranks_and_equal_the_union(two_rank_midpoint):
+    """ppl.decision=midpoint's running similarity means travel in the same buffer as the prototypes."""
+    rank0, rank1 = two_rank_midpoint
+    bank = PrototypeBank(C, D, momentum=0.9, seed=0, **MIDPOINT)
+    for step in range(STEPS):
+        assert torch.equal(rank0[step], rank1[step]), f"ranks differ after step {step}"
+        parts = [step_data(step, r) for r in range(2)]
+        features, prob, weak = (torch.cat(x) for x in zip(*parts))
+        bank.update(features, select_key_segments(prob, weak, CFG), negative_members=~weak.bool())
+        known = torch.isfinite(bank.midpoint())
+        assert torch.equal(known, torch.isfinite(rank0[step])), f"step {step}"
+        assert torch.allclose(bank.midpoint()[known], rank0[step][known], atol=1e-6), f"step {step}"
+        assert known.any() == (step > 0)   # similarities are taken against the previous step's prototypes
 
 
 def test_bank_bitwise_identical_on_both_ranks_after_every_step(two_rank_history):

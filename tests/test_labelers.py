@@ -11,7 +11,7 @@ from model.config import NetworkConfig, PPLConfig
 from model.losses import prototype_contrastive_loss, pseudo_label_loss
 from model.network import AudioVisualParser, ParserOutput
 from model.ppl import PPL
-from model.prototypes import PrototypeBank, select_in_video_negatives
+from model.prototypes import PrototypeBank, select_in_video_negatives, select_key_segments
 from model.pseudo_labels import (PseudoLabels, count_matched_probabilities, em_mil_phase, em_mil_pseudo_labels,
                                  key_instance_targets, key_instances, poibin_pseudo_labels, prototype_pseudo_labels)
 
@@ -22,9 +22,10 @@ TINY = dict(model_dim=16, audio_hidden=8, visual_hidden=16)
 LABELERS = [("pl", 1, {}), ("ppl_hard", 1, {}), ("ppl_soft", 1, {}), ("em_mil", 0, {}), ("em_mil", 1, {}),
             ("poibin", 1, {}), ("ppl_soft", 1, {"prototypes_per_class": 3, "prototype_assignment": "sinkhorn"}),
             ("ppl_soft", 1, {"pl_evidence": "prototypes_and_teacher"}), ("oracle", 1, {}),
-            ("ppl_soft", 1, {"background": "in_video_negatives", "background_max_prob": 1.0})]
+            ("ppl_soft", 1, {"background": "in_video_negatives", "background_max_prob": 1.0}),
+            ("ppl_soft", 1, {"decision": "midpoint"})]
 IDS = ["pl", "ppl_hard", "ppl_soft", "em_mil_E", "em_mil_M", "poibin", "ppl_soft_sinkhorn_k3", "ppl_soft_rectified",
-       "oracle", "ppl_soft_in_video_negatives"]
+       "oracle", "ppl_soft_in_video_negatives", "ppl_soft_midpoint"]
 
 
 def batch(seed=0, batch_size=B):
@@ -49,13 +50,14 @@ def dense_truth(weak, seed=0):
 
 
 def labels_of(labeler, epoch, options, seed=0):
-    """One step's pseudo-labels, after one bank update so prototype labelers have prototypes."""
+    """One step's pseudo-labels, after two bank updates so prototype labelers have prototypes (and midpoint its
+    similarity means, taken against the prototypes of the step before)."""
     ppl = method(labeler, seed, **options)
     inputs, weak = batch(seed)
     truth = dense_truth(weak, seed)
-    online = ppl.network(*inputs)
-    step = ppl.losses(online, inputs, weak, epoch, dense_truth=truth)
-    ppl.after_optimizer_step(ppl.network, step.momentum, weak)
+    for _ in range(2):
+        step = ppl.losses(ppl.network(*inputs), inputs, weak, epoch, dense_truth=truth)
+        ppl.after_optimizer_step(ppl.network, step.momentum, weak)
     return ppl.losses(ppl.network(*inputs), inputs, weak, epoch, dense_truth=truth).labels, weak
 
 
@@ -187,6 +189,53 @@ def test_in_video_negatives_build_the_negative_prototype_from_those_segments():
     has = chosen.sum(dim=(0, 1)) > 0                                            # (M, C)
     assert has.sum() >= 2 and torch.equal(ppl.bank.negatives_initialized, has)
     assert torch.allclose(ppl.bank.negatives[has], expected[has], atol=1e-5)
+
+
+def test_midpoint_is_halfway_between_the_mean_key_and_negative_similarity_to_the_class():
+    ppl = method("ppl_soft", decision="midpoint")
+    bank = ppl.bank
+    inputs, weak = batch()
+    momentum = ppl.momentum(ppl.network(*inputs), *inputs)
+    ppl.after_optimizer_step(ppl.network, momentum, weak)                    # sets the prototypes
+    before = [(bank.get_buffer(n).clone(), bank.get_buffer(f"{n}_initialized").clone())
+              for n in ("key_similarity", "negative_class_similarity")]
+    members = select_key_segments(momentum.frame_prob, weak, ppl.cfg)[..., :C]
+    sim = bank.nearest(bank.embed(momentum.features))[0][..., :C]             # against the prototypes just set
+    negatives = (~weak.bool())[:, None, None, :].expand_as(sim)
+    ppl.after_optimizer_step(ppl.network, momentum, weak)                    # the update under test
+    for (name, chosen), (old, was_set) in zip((("key_similarity", members), ("negative_class_similarity", negatives)),
+                                              before):
+        chosen = chosen & torch.isfinite(sim)                                 # classes with a prototype only
+        count = chosen.sum(dim=(0, 1))
+        mean = (sim.masked_fill(~chosen, 0.0)).sum(dim=(0, 1)) / count.clamp_min(1)
+        blended = torch.where(was_set, 0.99 * old + 0.01 * mean, mean)       # bank_momentum 0.99; the first sets it
+        expected = torch.where(count > 0, blended, old)
+        assert torch.allclose(bank.get_buffer(name), expected, atol=1e-6), name
+    known = torch.isfinite(bank.midpoint())
+    assert known.sum() >= 2
+    middle = (bank.key_similarity + bank.negative_class_similarity) / 2
+    assert torch.allclose(bank.midpoint()[known], middle[known])
+
+
+def test_midpoint_labels_compare_the_class_similarity_with_the_threshold():
+    ppl = method("ppl_soft", decision="midpoint")
+    inputs, weak = batch()
+    for _ in range(2):
+        momentum = ppl.momentum(ppl.network(*inputs), *inputs)
+        ppl.after_optimizer_step(ppl.network, momentum, weak)
+    labels = prototype_pseudo_labels(momentum.features, ppl.bank, weak, ppl.cfg, hard=False)
+    sim = ppl.bank.nearest(ppl.bank.embed(momentum.features))[0][..., :C]
+    expected = torch.sigmoid((sim - ppl.bank.midpoint()) / ppl.cfg.tau)
+    usable = labels.weights.bool() & weak.bool()[:, None, None, :]
+    assert usable.sum() > 10
+    assert torch.allclose(labels.targets[usable], expected[usable], atol=1e-6)
+    unknown = ~torch.isfinite(ppl.bank.midpoint())[None, None].expand_as(usable) & weak.bool()[:, None, None, :]
+    assert unknown.any() and (labels.weights[unknown] == 0).all()            # no threshold yet: no loss
+
+
+def test_midpoint_needs_per_class_negatives():
+    with pytest.raises(ValueError, match="ppl.decision: midpoint needs ppl.competition=per_class"):
+        PPLConfig(decision="midpoint", background="low_confidence").validate()
 
 
 def test_oracle_labels_are_the_segment_truth_inside_the_weak_label():
