@@ -95,9 +95,11 @@ def prototype_pseudo_labels(features: Tensor, bank: PrototypeBank, weak_labels: 
             negative_sim = bank.negative_similarity(embedded)
         else:
             negative_sim = None
-        teacher = teacher_prob.detach() if cfg.pl_evidence == "prototypes_and_teacher" else None
-        if cfg.pl_evidence == "prototypes_and_teacher" and teacher is None:
-            raise ValueError("ppl.pl_evidence: prototypes_and_teacher needs the teacher's frame probabilities")
+        teacher = None
+        if cfg.pl_evidence == "prototypes_and_teacher":
+            if teacher_prob is None:
+                raise ValueError("ppl.pl_evidence: prototypes_and_teacher needs the teacher's frame probabilities")
+            teacher = teacher_prob.detach()
         q_classes, weights, assignment = per_class_labels(sim, usable, negative_sim, cfg, hard, teacher)
     negatives = ~weak_labels.bool()[:, None, None, :].expand_as(weights)
     targets = torch.where(weights, q_classes, torch.zeros_like(q_classes))
