@@ -12,7 +12,8 @@ EXTRACT_BIN       := $(EXTRACT_VENV)/bin
 BIN        := $(VENV)/bin
 DEMO_DIR   ?= demo
 
-# DeepSpeed JIT-builds its CPU comm op once (~35 s); keep it in the checkout.
+# DeepSpeed JIT-builds its CPU comm op once (~35 s); keep it in the checkout. The extraction venv's torch is
+# another version, so its tests build into their own folder (one shared folder rebuilds on every switch).
 export TORCH_EXTENSIONS_DIR ?= $(CURDIR)/.cache/torch_extensions
 export RAY_USAGE_STATS_ENABLED = 0
 
@@ -43,7 +44,7 @@ test-core: install
 	$(BIN)/python -m pytest
 
 test-extract: install-extract
-	PPL_AVVP_EXTRACT_TESTS=1 $(EXTRACT_BIN)/python -m pytest tests/test_extract_frontend.py \
+	PPL_AVVP_EXTRACT_TESTS=1 TORCH_EXTENSIONS_DIR=$(TORCH_EXTENSIONS_DIR)-extract $(EXTRACT_BIN)/python -m pytest tests/test_extract_frontend.py \
 		tests/test_extract_backbones.py tests/test_extract_pipeline.py
 
 test-all: install test-extract

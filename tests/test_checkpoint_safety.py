@@ -5,8 +5,11 @@ exit 2; the refused run is not later accepted. Genuine checkpoints of every engi
 contents that do not fit the model are one line too."""
 from __future__ import annotations
 
+import enum
 import json
+import pickle
 import shutil
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -96,6 +99,60 @@ def test_genuine_checkpoint_of_every_engine_resumes_under_the_allow_list(runs, t
     assert cli(resume(out, tiny_llp, kind, "optim.epochs=2")) == 0, capsys.readouterr().err[-3000:]
     results = json.loads((out / "results.json").read_text())
     assert [h["epoch"] for h in results["history"]] == [1, 2]
+
+
+class _EnumsAsGetattr(pickle.Pickler):
+    """Pickles enum members as Python 3.11.0-3.11.4 do (Debian 12's python3 is 3.11.2): ``getattr(Enum, name)``."""
+
+    def reducer_override(self, obj):
+        return (getattr, (type(obj), obj.name)) if isinstance(obj, enum.Enum) else NotImplemented
+
+
+class _OldPython311Pickle:   # a pickle_module for torch.save
+    Pickler = _EnumsAsGetattr
+    Unpickler = pickle.Unpickler
+
+
+def _save_as_old_python(payload, path: Path) -> None:
+    torch.save(payload, path, pickle_module=_OldPython311Pickle)
+    assert b"getattr" in _pickled_bytes(path), "the rewrite did not pickle an enum through getattr"
+
+
+def _pickled_bytes(path: Path) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        return archive.read(next(n for n in archive.namelist() if n.endswith("data.pkl")))
+
+
+@pytest.mark.parametrize("kind", ["zero1", "zero2"])
+def test_zero_optimizer_checkpoint_written_by_python_3_11_2_resumes(runs, tiny_llp, tmp_path, capsys, kind):
+    """ZeRO-1/2 optimizer files hold a ZeroStageEnum member, which older 3.11 patches pickle via getattr."""
+    out, checkpoint = copy_run(runs, kind, tmp_path)
+    _save_as_old_python(genuine(checkpoint / OPTIM_STATES), checkpoint / OPTIM_STATES)
+    assert cli(resume(out, tiny_llp, kind, "optim.epochs=2")) == 0, capsys.readouterr().err[-3000:]
+    assert [h["epoch"] for h in json.loads((out / "results.json").read_text())["history"]] == [1, 2]
+
+
+class _Getattr:
+    def __init__(self, owner, name):
+        self.owner, self.name = owner, name
+
+    def __reduce__(self):
+        return getattr, (self.owner, self.name)
+
+
+@pytest.mark.parametrize("owner, name", [("ZeroStageEnum", "__class__"), ("ZeroStageEnum", "_missing_"),
+                                         ("LossScaler", "update_scale"), ("tensor", "numpy")])
+def test_getattr_in_a_checkpoint_reaches_only_enum_members(runs, tiny_llp, tmp_path, capsys, owner, name):
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    out, checkpoint = copy_run(runs, "zero1", tmp_path)
+    target = checkpoint / OPTIM_STATES
+    owners = {"ZeroStageEnum": ZeroStageEnum, "LossScaler": LossScaler, "tensor": torch.zeros(1)}
+    torch.save({**genuine(target), "planted": _Getattr(owners[owner], name)}, target)
+    code = cli(resume(out, tiny_llp, "zero1", "optim.epochs=2"))
+    one_line_error(code, capsys.readouterr().err, target, "refused")
+    assert not (out / "results.json").exists()
 
 
 def _rewrite(path: Path, change) -> None:

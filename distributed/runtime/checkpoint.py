@@ -71,7 +71,7 @@ def _refusal(err: BaseException) -> str:
     return f"not a checkpoint file ({one_line(unpickler.group(1) if unpickler else err)})"
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu", allowed: Iterable[type] = ()) -> Any:
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu", allowed: Iterable = ()) -> Any:
     """``torch.load(weights_only=True)``; ``allowed`` extends torch's allow-list for this call only.
     A missing, corrupt or tampered file is a one-line DataError naming it."""
     path = Path(path)

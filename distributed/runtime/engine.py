@@ -6,8 +6,11 @@ Both engines expose the same four things the worker loop uses: ``engine(*inputs)
 """
 from __future__ import annotations
 
+import enum
 import json
+import logging
 import os
+import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -145,10 +148,18 @@ class TorchEngine:
         load_optimizer_state(self.optimizer, state["optimizer"], f"{path}: optimizer")
 
 
+def _drop_cuda_home_notice(record: logging.LogRecord) -> bool:
+    """A CUDA build of torch on a machine without a CUDA runtime logs, when DeepSpeed imports its extension
+    builder, that it found a CUDA_HOME anyway: a fact about the install, not about this run. Left in, it
+    turns every one-line error of a CPU run into two lines."""
+    return not record.getMessage().startswith("No CUDA runtime is found")
+
+
 class DeepSpeedEngine:
     """DeepSpeed owns the optimizer step (ZeRO 0-3). A client torch AdamW avoids the fused-Adam JIT build."""
 
     def __init__(self, cfg: RunConfig, network: nn.Module, device: torch.device):
+        logging.getLogger("torch.utils.cpp_extension").addFilter(_drop_cuda_home_notice)
         import deepspeed   # heavy import, only where used
 
         optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -199,7 +210,7 @@ class DeepSpeedEngine:
             raise DataError(f"{folder}: no DeepSpeed checkpoint (tag 'state') to load")
 
 
-def deepspeed_safe_globals() -> list[type]:
+def deepspeed_safe_globals() -> list:
     """The plain classes DeepSpeed pickles into its ZeRO checkpoints (found by loading ZeRO 0-2 fp32 and bf16
     checkpoints with weights_only=True; DynamicLossScaler is fp16's scaler, not tried here: fp16 needs a GPU).
     Each holds plain values only (numbers, a dtype) and is rebuilt from them."""
@@ -207,7 +218,21 @@ def deepspeed_safe_globals() -> list[type]:
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address,
+            (_enum_member_lookup((ZeroStageEnum,)), "builtins.getattr")]
+
+
+def _enum_member_lookup(enums: tuple[type[enum.Enum], ...]):
+    """What the unpickler may call in place of ``getattr``. Python 3.11.0-3.11.4 (Debian 12's python3 is 3.11.2)
+    pickle an enum member as ``getattr(EnumClass, "name")``, so ZeRO-1/2 optimizer checkpoints written there hold
+    that call. Allowing ``getattr`` itself would let a file reach any attribute of any object on the stack; this
+    looks up exactly a member of one of ``enums`` and refuses everything else."""
+    def lookup(owner, name):
+        if owner not in enums or not isinstance(name, str) or name not in owner.__members__:
+            raise pickle.UnpicklingError(f"getattr({getattr(owner, '__name__', type(owner).__name__)}, {name!r}) "
+                                         f"is not an allowed enum member")
+        return owner[name]
+    return lookup
 
 
 class SafeLoadingCheckpointEngine:
