@@ -143,9 +143,14 @@ class PrototypeBank(nn.Module):
         Returns sim (B, T, M, C+1) (max over K) and idx (B, T, M, C+1); classes with no initialised
         prototype get -inf.
         """
-        sim = torch.einsum("btmd,mckd->btmck", features, self.prototypes)
-        sim = sim.masked_fill(~self.initialized[None, None], float("-inf"))
-        return sim.max(dim=-1)
+        return self._nearest_of(self.similarities(features))
+
+    def similarities(self, features: Tensor) -> Tensor:
+        """<f, mu_{m,c,k}> (B, T, M, C+1, K) for every slot, initialised or not."""
+        return torch.einsum("btmd,mckd->btmck", features, self.prototypes)
+
+    def _nearest_of(self, sim: Tensor) -> tuple[Tensor, Tensor]:
+        return sim.masked_fill(~self.initialized[None, None], float("-inf")).max(dim=-1)
 
     def midpoint(self) -> Tensor:
         """(M, C) per-class decision threshold of ``ppl.decision=midpoint``: halfway between how similar c's key
@@ -158,11 +163,11 @@ class PrototypeBank(nn.Module):
         middle = (self.key_similarity + self.negative_class_similarity) / 2
         return middle.masked_fill(~both, float("-inf"))
 
-    def _similarity_sums(self, features: Tensor, members: Tensor, negative_members: Tensor | None,
+    def _similarity_sums(self, slot_sim: Tensor, members: Tensor, negative_members: Tensor | None,
                          valid: Tensor | None) -> list[Tensor]:
         """Sums and counts (M, C) of s_c = max_k <f, mu_{m,c,k}> over c's key segments and over c's negatives
-        (classes with a prototype only), for ``midpoint``."""
-        sim, _ = self.nearest(features)
+        (classes with a prototype only), for ``midpoint``. slot_sim: ``similarities`` of the step's features."""
+        sim, _ = self._nearest_of(slot_sim)
         sim = sim[..., : self.num_classes]                                     # (B, T, M, C)
         known = torch.isfinite(sim)
         sim = sim.masked_fill(~known, 0.0)
@@ -185,10 +190,12 @@ class PrototypeBank(nn.Module):
         return sim.masked_fill(~self.negatives_initialized[None, None], float("-inf"))
 
     @torch.no_grad()
-    def assign(self, features: Tensor, members: Tensor, reducer: Reducer = identity_reducer) -> Tensor:
+    def assign(self, features: Tensor, members: Tensor, reducer: Reducer = identity_reducer,
+               sim: Tensor | None = None) -> Tensor:
         """Which of its class's K slots (initialised or not) each member updates: one-hot (B, T, M, C+1, K),
-        zero for non-members. features (B, T, M, d) from ``embed``; members (B, T, M, C+1) bool."""
-        sim = torch.einsum("btmd,mckd->btmck", features, self.prototypes)
+        zero for non-members. features (B, T, M, d) from ``embed``; members (B, T, M, C+1) bool; sim: their
+        ``similarities`` when the caller has them already."""
+        sim = self.similarities(features) if sim is None else sim
         if self.assignment == "sinkhorn":
             codes = balanced_codes(sim, members, self.sinkhorn_epsilon, self.sinkhorn_iterations, reducer)
             tied = codes >= codes.amax(dim=-1, keepdim=True) * (1.0 - TIE_TOLERANCE)
@@ -208,7 +215,8 @@ class PrototypeBank(nn.Module):
         """
         raw = features.float()
         features = self.embed(raw)
-        weights = self.assign(features, members, reducer)                      # (B, T, M, C+1, K)
+        slot_sim = self.similarities(features)                                 # (B, T, M, C+1, K)
+        weights = self.assign(features, members, reducer, sim=slot_sim)
         sums = torch.einsum("btmck,btmd->mckd", weights, features)
         counts = weights.sum(dim=(0, 1))
         if negative_members is None:
@@ -230,7 +238,7 @@ class PrototypeBank(nn.Module):
             center_counts = valid.to(raw.dtype).sum().expand(raw.shape[2])
         parts = [sums, counts, neg_sums, neg_counts, center_sums, center_counts]
         if self.track_similarities:
-            parts += self._similarity_sums(features, members, negative_members, valid)
+            parts += self._similarity_sums(slot_sim, members, negative_members, valid)
         return torch.cat([part.reshape(-1) for part in parts])
 
     def _blend(self, current: Tensor, initialized: Tensor, sums: Tensor, counts: Tensor) -> Tensor:
