@@ -18,8 +18,10 @@ contents do not fit the model (missing sections, unknown keys, other shapes).
 """
 from __future__ import annotations
 
+import enum
 import json
 import os
+import pickle
 import re
 import shutil
 from collections.abc import Iterable
@@ -71,14 +73,31 @@ def _refusal(err: BaseException) -> str:
     return f"not a checkpoint file ({one_line(unpickler.group(1) if unpickler else err)})"
 
 
-def safe_load(path: str | os.PathLike, map_location: Any = "cpu", allowed: Iterable = ()) -> Any:
-    """``torch.load(weights_only=True)``; ``allowed`` extends torch's allow-list for this call only.
-    A missing, corrupt or tampered file is a one-line DataError naming it."""
+def _enum_member_lookup(enums: tuple[type[enum.Enum], ...]):
+    """What the unpickler may call in place of ``getattr``. Python 3.11.0-3.11.4 (Debian 12's python3 is 3.11.2)
+    pickle an enum member as ``getattr(EnumClass, "name")`` (DeepSpeed's ZeRO-1/2 optimizer files hold one).
+    Allowing ``getattr`` itself would let a file reach any attribute of any object on the stack; this looks up
+    exactly a member of one of the allowed ``enums`` and refuses everything else."""
+    def lookup(owner, name):
+        if owner not in enums or not isinstance(name, str) or name not in owner.__members__:
+            shown = owner.__name__ if isinstance(owner, type) else type(owner).__name__
+            raise pickle.UnpicklingError(f"getattr({shown}, {name!r}) is not an allowed enum member")
+        return owner[name]
+    return lookup
+
+
+def safe_load(path: str | os.PathLike, map_location: Any = "cpu", allowed: Iterable[type] = ()) -> Any:
+    """``torch.load(weights_only=True)``; ``allowed`` extends torch's allow-list for this call only (an allowed
+    enum's members also load as older Pythons pickle them, through ``getattr``). A missing, corrupt or tampered
+    file is a one-line DataError naming it."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint file missing")
+    allowed = list(allowed)
+    enums = tuple(t for t in allowed if isinstance(t, type) and issubclass(t, enum.Enum))
+    extra = [(_enum_member_lookup(enums), "builtins.getattr")] if enums else []
     try:
-        with torch.serialization.safe_globals(list(allowed)):
+        with torch.serialization.safe_globals(allowed + extra):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - whatever a hostile file makes torch raise, it is refused
         raise DataError(f"{path}: refused: {_refusal(err)}") from None

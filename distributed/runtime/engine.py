@@ -6,11 +6,9 @@ Both engines expose the same four things the worker loop uses: ``engine(*inputs)
 """
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
-import pickle
 import socket
 from pathlib import Path
 from typing import Any
@@ -210,7 +208,7 @@ class DeepSpeedEngine:
             raise DataError(f"{folder}: no DeepSpeed checkpoint (tag 'state') to load")
 
 
-def deepspeed_safe_globals() -> list:
+def deepspeed_safe_globals() -> list[type]:
     """The plain classes DeepSpeed pickles into its ZeRO checkpoints (found by loading ZeRO 0-2 fp32 and bf16
     checkpoints with weights_only=True; DynamicLossScaler is fp16's scaler, not tried here: fp16 needs a GPU).
     Each holds plain values only (numbers, a dtype) and is rebuilt from them."""
@@ -218,21 +216,7 @@ def deepspeed_safe_globals() -> list:
     from deepspeed.runtime.zero.config import ZeroStageEnum
     from deepspeed.utils.tensor_fragment import fragment_address
 
-    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address,
-            (_enum_member_lookup((ZeroStageEnum,)), "builtins.getattr")]
-
-
-def _enum_member_lookup(enums: tuple[type[enum.Enum], ...]):
-    """What the unpickler may call in place of ``getattr``. Python 3.11.0-3.11.4 (Debian 12's python3 is 3.11.2)
-    pickle an enum member as ``getattr(EnumClass, "name")``, so ZeRO-1/2 optimizer checkpoints written there hold
-    that call. Allowing ``getattr`` itself would let a file reach any attribute of any object on the stack; this
-    looks up exactly a member of one of ``enums`` and refuses everything else."""
-    def lookup(owner, name):
-        if owner not in enums or not isinstance(name, str) or name not in owner.__members__:
-            raise pickle.UnpicklingError(f"getattr({getattr(owner, '__name__', type(owner).__name__)}, {name!r}) "
-                                         f"is not an allowed enum member")
-        return owner[name]
-    return lookup
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 
 class SafeLoadingCheckpointEngine:
