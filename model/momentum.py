@@ -30,11 +30,15 @@ class MomentumEncoder(nn.Module):
     is used instead, so no second network is kept (the one place that fallback lives).
     """
 
-    def __init__(self, online: AudioVisualParser, decay: float | None, warmup: bool = False):
+    def __init__(self, online: AudioVisualParser, decay: float | None, warmup: bool = False,
+                 precision: str = "float32"):
         super().__init__()
+        if precision not in ("float32", "bfloat16"):
+            raise ValueError(f"teacher_precision: must be float32 or bfloat16, got {precision!r}")
         if decay is not None and not 0.0 <= decay < 1.0:
             raise ValueError(f"ema_decay: must be in [0, 1) or None, got {decay!r}")
         self.decay, self.warmup = decay, warmup
+        self.precision = precision
         self.num_updates = 0   # a host-side count (no device sync per step), saved through the extra state
         self.ema: AudioVisualParser | None = None
         if decay is not None:
@@ -68,11 +72,16 @@ class MomentumEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, online_output: ParserOutput, *inputs) -> ParserOutput:
-        """Momentum output for ``inputs``; without EMA, the online output detached."""
+        """Momentum output for ``inputs``; without EMA, the online output detached. Always float32: with
+        ``precision="bfloat16"`` the forward runs under autocast on the inputs' own device (CUDA or CPU)."""
         if self.ema is None:
             return online_output.detach()
         self.ema.eval()
-        return self.ema(*inputs)
+        if self.precision == "float32":
+            return self.ema(*inputs).float()
+        with torch.autocast(device_type=inputs[0].device.type, dtype=torch.bfloat16):
+            output = self.ema(*inputs)
+        return output.float()
 
     def train(self, mode: bool = True):   # the EMA copy never uses dropout
         super().train(mode)

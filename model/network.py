@@ -33,6 +33,11 @@ class ParserOutput:
         return ParserOutput(*(None if t is None else t.detach() for t in (
             self.features, self.frame_prob, self.modality_prob, self.global_prob, self.key_prob)))
 
+    def float(self) -> "ParserOutput":
+        """Every tensor in float32: losses, pseudo-labels and the bank never see a reduced-precision forward."""
+        return ParserOutput(*(None if t is None else t.float() for t in (
+            self.features, self.frame_prob, self.modality_prob, self.global_prob, self.key_prob)))
+
 
 def pool_frames(visual_2d: Tensor, num_segments: int) -> Tensor:
     """(B, F*T, D) -> (B, T, D): mean of each segment's frames. Exact before a linear layer."""

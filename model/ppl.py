@@ -34,7 +34,7 @@ class PPL(nn.Module):
         self.network = AudioVisualParser(network_cfg)
         # only prototype labelers read momentum features; Base, pl, em_mil and poibin read the online model
         self.momentum = MomentumEncoder(self.network, ppl_cfg.ema_decay if self.uses_bank else None,
-                                        warmup=ppl_cfg.ema_warmup)
+                                        warmup=ppl_cfg.ema_warmup, precision=ppl_cfg.teacher_precision)
         self.bank = PrototypeBank(network_cfg.num_classes, network_cfg.model_dim, ppl_cfg.prototypes_per_class,
                                   ppl_cfg.bank_momentum, seed=seed, center=ppl_cfg.center_features,
                                   assignment=ppl_cfg.prototype_assignment, sinkhorn_epsilon=ppl_cfg.sinkhorn_epsilon,

@@ -107,6 +107,40 @@ def test_without_ema_the_momentum_output_is_the_online_output_detached():
     assert enc.ema is None and torch.equal(m.features, out.features) and not m.features.requires_grad
 
 
+def test_bfloat16_teacher_runs_in_bfloat16_on_the_inputs_device_and_returns_float32():
+    torch.manual_seed(0)
+    net = AudioVisualParser(NetworkConfig())
+    exact = MomentumEncoder(net, decay=0.9)
+    fast = MomentumEncoder(net, decay=0.9, precision="bfloat16")
+    out = net(*inputs())
+    a, b = exact(out, *inputs()), fast(out, *inputs())
+    for name in ("features", "frame_prob", "modality_prob", "global_prob"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert y.dtype == torch.float32 and y.device == x.device and not y.requires_grad, name
+        # bf16 really ran here (an autocast on another device type would be a no-op: identical outputs) ...
+        assert not torch.equal(x, y), name
+    # ... and stays close: ~3 significant digits, well inside what a soft pseudo-label resolves
+    assert (a.frame_prob - b.frame_prob).abs().max() < 0.02
+    assert F.cosine_similarity(a.features, b.features, dim=-1).min() > 0.999
+
+
+def test_teacher_precision_is_validated():
+    with pytest.raises(ValueError, match="teacher_precision"):
+        MomentumEncoder(AudioVisualParser(NetworkConfig()), decay=0.9, precision="float16")
+    with pytest.raises(ValueError, match="ppl.teacher_precision"):
+        PPLConfig(teacher_precision="fp16").validate()
+
+
+def test_float_output_keeps_every_field_including_the_key_instance_head():
+    net = AudioVisualParser(NetworkConfig(key_instance_head=True))
+    out = net(*inputs())
+    bf = type(out)(*(None if t is None else t.bfloat16() for t in (
+        out.features, out.frame_prob, out.modality_prob, out.global_prob, out.key_prob)))
+    back = bf.float()
+    assert out.key_prob is not None and back.key_prob is not None and back.key_prob.dtype == torch.float32
+    assert all(t.dtype == torch.float32 for t in (back.features, back.frame_prob, back.modality_prob, back.global_prob))
+
+
 def test_ema_decay_outside_unit_interval_is_rejected():
     with pytest.raises(ValueError, match="ema_decay"):
         MomentumEncoder(AudioVisualParser(NetworkConfig()), decay=1.0)

@@ -30,13 +30,6 @@ def cast_inputs(module: nn.Module, inputs: tuple) -> tuple:
                  for x in inputs)
 
 
-def float_output(out):
-    """Losses, pseudo-labels and the bank stay in float32 whatever precision the forward ran in."""
-    if out.frame_prob.dtype == torch.float32:
-        return out
-    return type(out)(*(t.float() for t in (out.features, out.frame_prob, out.modality_prob, out.global_prob)))
-
-
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -170,7 +163,8 @@ class DeepSpeedEngine:
         self.run_fingerprint = run_fingerprint(cfg)   # checkpoints carry it; resuming another run is refused
 
     def __call__(self, *inputs):
-        return float_output(self.engine(*cast_inputs(self.module, inputs)))
+        # losses, pseudo-labels and the bank stay in float32 whatever precision the forward ran in
+        return self.engine(*cast_inputs(self.module, inputs)).float()
 
     def backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
