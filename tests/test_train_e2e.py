@@ -132,3 +132,14 @@ def test_deepspeed_bf16_trains_with_float32_ema_and_bank(tiny_shards, tmp_path):
     assert all(v.dtype == torch.float32 for k, v in final["momentum"].items()
                if torch.is_tensor(v) and v.is_floating_point())
     assert final["bank"]["prototypes"].dtype == torch.float32 and final["bank"]["initialized"].any()
+
+
+def test_deepspeed_bf16_keeps_the_key_instance_head_for_em_mil(tiny_shards, tmp_path):
+    # the bf16 forward's output is cast back to float32 field by field: EM-MIL's key_prob must come through too
+    cfg = tiny_config([f"data.shards={tiny_shards}"], tmp_path / "em", "distributed.engine=deepspeed",
+                      "distributed.zero_stage=0", "distributed.precision=bf16", "optim.epochs=2",
+                      "ppl.warmup_epochs=1", "ppl.labeler=em_mil", "model.key_instance_head=true",
+                      "tracking.mlflow=false")
+    results = train(cfg, mlflow=False)
+    assert len(results["test"]) == 10
+    assert results["history"][-1]["loss_pseudo_label"] > 0   # the E/M steps ran on key instances
