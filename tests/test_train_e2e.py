@@ -72,6 +72,76 @@ def test_deepspeed_zero_stages_train_from_shards(tiny_shards, tmp_path, stage):
     assert results["history"][0]["loss_total"] > 0 and len(results["test"]) == 10
 
 
+def test_fused_adamw_is_the_default_and_takes_the_same_steps_as_torch_default(tmp_path):
+    from distributed.runtime.engine import TorchEngine
+    from model.network import AudioVisualParser
+
+    def three_steps(*extra):
+        cfg = tiny_config(["data.shards=unused"], tmp_path / "r", *extra)
+        torch.manual_seed(0)
+        engine = TorchEngine(cfg, AudioVisualParser(cfg.model), torch.device("cpu"))
+        initial = {k: v.clone() for k, v in engine.module.state_dict().items()}
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):   # the same gradients for both (a loss would leave some of them float noise)
+            for parameter in engine.module.parameters():
+                parameter.grad = torch.randn(parameter.shape, generator=g)
+            engine.step()
+        return engine.optimizer.param_groups[0]["fused"], initial, engine.module.state_dict()
+
+    fused, initial, fused_weights = three_steps()
+    default, _, default_weights = three_steps("optim.fused=false")
+    assert fused is True and not default
+    for key, value in fused_weights.items():
+        assert not torch.equal(value, initial[key]), key
+        torch.testing.assert_close(value, default_weights[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("engine_name, setting", [("torch", ()), ("deepspeed", ()),
+                                                  ("deepspeed", ("distributed.zero_stage=1", "distributed.precision=bf16"))])
+def test_resume_keeps_the_configured_adamw_kernel_not_the_checkpoints(tmp_path, engine_name, setting):
+    # torch's load_state_dict restores the saved group settings, `fused` included: a checkpoint written with
+    # optim.fused=false (as every earlier round's were) must not switch a fused run back, nor the reverse
+    from distributed.runtime.engine import DeepSpeedEngine, TorchEngine, ensure_process_group
+    from model.network import AudioVisualParser
+
+    if engine_name == "deepspeed":
+        ensure_process_group()   # as train() does for a run in this process
+
+    def engine_with(*extra):
+        cfg = tiny_config(["data.shards=unused"], tmp_path / "r", f"distributed.engine={engine_name}", *setting,
+                          *extra)
+        torch.manual_seed(0)
+        kind = TorchEngine if engine_name == "torch" else DeepSpeedEngine
+        engine = kind(cfg, AudioVisualParser(cfg.model), torch.device("cpu"))
+        one_step(engine)
+        return engine
+
+    def one_step(engine):   # through the engine's backward: ZeRO reduces the gradients its own way
+        g = torch.Generator().manual_seed(1)
+        inputs = (torch.randn(2, 10, 128, generator=g), torch.randn(2, 10, 2048, generator=g),
+                  torch.randn(2, 10, 512, generator=g))
+        engine.backward(engine(*inputs).global_prob.sum())
+        engine.step()
+
+    def inner(optimizer):
+        while not isinstance(optimizer, torch.optim.Optimizer):
+            optimizer = optimizer.optimizer
+        return optimizer
+
+    for saved_fused, resumed_fused in ((False, True), (True, False)):
+        folder = tmp_path / f"ckpt-{saved_fused}"
+        folder.mkdir()
+        engine_with(f"optim.fused={str(saved_fused).lower()}").save(folder, rank=0)
+        resumed = engine_with(f"optim.fused={str(resumed_fused).lower()}")
+        resumed.load(folder)
+        optimizer = inner(resumed.optimizer)
+        assert all(bool(group["fused"]) is resumed_fused for group in optimizer.param_groups)
+        steps = [state["step"] for state in optimizer.state.values()]
+        assert steps and all(step.dtype == torch.float32 and float(step) == 1.0 for step in steps)
+        one_step(resumed)    # the kernel accepts the restored state
+        assert all(float(state["step"]) == 2.0 for state in optimizer.state.values())
+
+
 def test_local_resume_continues_exactly(tiny_llp, tmp_path):
     data = [f"data.annotations={tiny_llp / 'annotations'}", f"data.features={tiny_llp / 'features'}"]
     full = tiny_config(data, tmp_path / "full", "deterministic=true", "tracking.mlflow=false")

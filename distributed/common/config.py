@@ -54,6 +54,7 @@ class OptimConfig:
     lr_step_epochs: int = 10
     lr_gamma: float = 0.1
     grad_clip: float = 0.0                # 0 = off
+    fused: bool = True                    # torch's fused AdamW: one kernel per step for all parameters (CPU, CUDA)
 
 
 @dataclass

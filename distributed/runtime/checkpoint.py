@@ -43,7 +43,7 @@ FINAL_MODEL_FILE = "final_model.pt"   # weights after the last step
 RUN_FORMAT = 1
 
 # dotted config keys (a trailing "." = a whole section) that do not change what a run computes
-NEUTRAL_KEYS = ("name", "output_dir", "optim.epochs", "data.eval_batch_size", "data.verify_shards",
+NEUTRAL_KEYS = ("name", "output_dir", "optim.epochs", "optim.fused", "data.eval_batch_size", "data.verify_shards",
                 "distributed.use_gpu", "distributed.cpus_per_worker", "distributed.max_failures",
                 "distributed.ray_address", "distributed.checkpoint_every_steps", "distributed.check_bank_sync",
                 "tracking.")

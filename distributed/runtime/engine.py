@@ -90,6 +90,31 @@ def deepspeed_config(cfg: RunConfig) -> dict[str, Any]:
     return resolved
 
 
+def adamw(cfg: RunConfig, parameters) -> torch.optim.AdamW:
+    """The optimizer of both engines. ``optim.fused`` (default): torch's fused AdamW, the same update in one
+    kernel for all parameters instead of a dozen small ones per parameter (torch fuses by default on CUDA
+    only; on the CPU the loop was over half of a Base step at batch 16: bench/bench_train_step.py).
+    ``optim.fused=false``: torch's per-parameter loop, the one the tables of earlier rounds were measured with."""
+    return torch.optim.AdamW(parameters, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                             fused=True if cfg.optim.fused else None)
+
+
+def keep_adamw_implementation(optimizer, fused: bool) -> None:
+    """After a resume: the implementation this run's config asks for, not the checkpoint's. torch's
+    ``load_state_dict`` restores every saved group setting, ``fused`` included, so a checkpoint of an earlier
+    round would switch the kernel back. The fused kernel reads each parameter's step count as a float32 tensor
+    on the parameter's own device (the per-parameter loop keeps it on the CPU). ``optimizer``: ours, or the
+    DeepSpeed wrapper around it."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    for group in optimizer.param_groups:
+        group["fused"] = True if fused else None
+        for parameter in group["params"]:
+            step = optimizer.state.get(parameter, {}).get("step")
+            if torch.is_tensor(step):
+                optimizer.state[parameter]["step"] = step.to(parameter.device if fused else "cpu", torch.float32)
+
+
 class TorchEngine:
     """Plain torch: AdamW, optional gradient clipping, DDP when there is more than one rank."""
 
@@ -100,8 +125,8 @@ class TorchEngine:
             wrapped = nn.parallel.DistributedDataParallel(self.module,
                                                           device_ids=[device.index] if device.type == "cuda" else None)
         self._forward = wrapped
-        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-        self.grad_clip = cfg.optim.grad_clip
+        self.optimizer = adamw(cfg, self.module.parameters())
+        self.grad_clip, self.fused = cfg.optim.grad_clip, cfg.optim.fused
         self.run_fingerprint = run_fingerprint(cfg)   # checkpoints carry it; resuming another run is refused
 
     def __call__(self, *inputs):
@@ -137,6 +162,7 @@ class TorchEngine:
             raise DataError(f"{path}: expected sections 'module' and 'optimizer'")
         load_module_state(self.module, state["module"], f"{path}: module")
         load_optimizer_state(self.optimizer, state["optimizer"], f"{path}: optimizer")
+        keep_adamw_implementation(self.optimizer, self.fused)
 
 
 def _drop_cuda_home_notice(record: logging.LogRecord) -> bool:
@@ -153,13 +179,14 @@ class DeepSpeedEngine:
         logging.getLogger("torch.utils.cpp_extension").addFilter(_drop_cuda_home_notice)
         import deepspeed   # heavy import, only where used
 
-        optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+        optimizer = adamw(cfg, network.parameters())
         self.config = deepspeed_config(cfg)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=network.to(device), optimizer=optimizer, config=self.config,
             dist_init_required=False)
         self.engine.checkpoint_engine = SafeLoadingCheckpointEngine(self.engine.checkpoint_engine)
         self.module = self.engine.module
+        self.fused = cfg.optim.fused
         self.run_fingerprint = run_fingerprint(cfg)   # checkpoints carry it; resuming another run is refused
 
     def __call__(self, *inputs):
@@ -200,6 +227,7 @@ class DeepSpeedEngine:
                             f"{one_line(err)})") from None
         if path is None:
             raise DataError(f"{folder}: no DeepSpeed checkpoint (tag 'state') to load")
+        keep_adamw_implementation(self.optimizer, self.fused)
 
 
 def deepspeed_safe_globals() -> list[type]:
