@@ -101,7 +101,7 @@ def test_fused_adamw_is_the_default_and_takes_the_same_steps_as_torch_default(tm
 def test_resume_keeps_the_configured_adamw_kernel_not_the_checkpoints(tmp_path, engine_name, setting):
     # torch's load_state_dict restores the saved group settings, `fused` included: a checkpoint written with
     # optim.fused=false (as every earlier round's were) must not switch a fused run back, nor the reverse
-    from distributed.runtime.engine import DeepSpeedEngine, TorchEngine, ensure_process_group
+    from distributed.runtime.engine import DeepSpeedEngine, TorchEngine, ensure_process_group, innermost_optimizer
     from model.network import AudioVisualParser
 
     if engine_name == "deepspeed":
@@ -123,18 +123,14 @@ def test_resume_keeps_the_configured_adamw_kernel_not_the_checkpoints(tmp_path, 
         engine.backward(engine(*inputs).global_prob.sum())
         engine.step()
 
-    def inner(optimizer):
-        while not isinstance(optimizer, torch.optim.Optimizer):
-            optimizer = optimizer.optimizer
-        return optimizer
-
     for saved_fused, resumed_fused in ((False, True), (True, False)):
         folder = tmp_path / f"ckpt-{saved_fused}"
         folder.mkdir()
         engine_with(f"optim.fused={str(saved_fused).lower()}").save(folder, rank=0)
         resumed = engine_with(f"optim.fused={str(resumed_fused).lower()}")
         resumed.load(folder)
-        optimizer = inner(resumed.optimizer)
+        optimizer = innermost_optimizer(resumed.optimizer)
+        assert isinstance(optimizer, torch.optim.AdamW)
         assert all(bool(group["fused"]) is resumed_fused for group in optimizer.param_groups)
         steps = [state["step"] for state in optimizer.state.values()]
         assert steps and all(step.dtype == torch.float32 and float(step) == 1.0 for step in steps)

@@ -99,14 +99,20 @@ def adamw(cfg: RunConfig, parameters) -> torch.optim.AdamW:
                              fused=True if cfg.optim.fused else None)
 
 
+def innermost_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer inside DeepSpeed's wrappers (ZeRO, bf16), or ``optimizer`` itself."""
+    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
+        optimizer = optimizer.optimizer
+    return optimizer
+
+
 def keep_adamw_implementation(optimizer, fused: bool) -> None:
     """After a resume: the implementation this run's config asks for, not the checkpoint's. torch's
     ``load_state_dict`` restores every saved group setting, ``fused`` included, so a checkpoint of an earlier
     round would switch the kernel back. The fused kernel reads each parameter's step count as a float32 tensor
     on the parameter's own device (the per-parameter loop keeps it on the CPU). ``optimizer``: ours, or the
     DeepSpeed wrapper around it."""
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer"):
-        optimizer = optimizer.optimizer
+    optimizer = innermost_optimizer(optimizer)
     for group in optimizer.param_groups:
         group["fused"] = True if fused else None
         for parameter in group["params"]:
@@ -244,7 +250,7 @@ def deepspeed_safe_globals() -> list[type]:
 class SafeLoadingCheckpointEngine:
     """DeepSpeed's checkpoint engine with a pickle-free ``load``.
 
-    DeepSpeed's TorchCheckpointEngine reads with ``torch.load(weights_only=False)``: a file planted in a
+    DeepSpeed's TorchCheckpointEngine reads with torch.load's full unpickler: a file planted in a
     checkpoint folder (a shared file system on a cluster) would run code on resume. Saving and everything
     else is delegated to the engine DeepSpeed configured.
     """
