@@ -182,7 +182,11 @@ class AttentiveMMIL(nn.Module):
         temporal_w = torch.softmax(temporal_logits, dim=1)                          # over T
         modality_w = torch.softmax(self.modality_attention(features), dim=2)        # over M
         modality_prob = (temporal_w * frame_prob).sum(dim=1)                        # (B, M, C)  Eq. 6
-        global_prob = (temporal_w * modality_w * frame_prob).sum(dim=(1, 2))        # (B, C)
+        # HAN's pooling weighs each modality's temporal softmax by a per-segment modality softmax; the weights
+        # do not sum to 1 over (t, m) (up to M where the modalities attend to different segments), and trained
+        # models exceed 1 for about half their positive classes. Capped at 1: it is read as a probability
+        # (evaluation, `ppl-avvp evaluate`), and the BCE, clamped at 1 - eps, gives the same loss and gradient.
+        global_prob = (temporal_w * modality_w * frame_prob).sum(dim=(1, 2)).clamp(max=1.0)   # (B, C)
         return frame_prob, modality_prob, global_prob
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from model.config import NetworkConfig, PPLConfig
 from model.losses import pl_weight_at, total_loss
 from model.momentum import MomentumEncoder
-from model.network import AudioVisualParser, pool_frames
+from model.network import AttentiveMMIL, AudioVisualParser, pool_frames
 from model.ppl import PPL
 from model.prototypes import PrototypeBank, select_key_segments
 from model.pseudo_labels import prototype_pseudo_labels
@@ -139,6 +139,28 @@ def test_float_output_keeps_every_field_including_the_key_instance_head():
     back = bf.float()
     assert out.key_prob is not None and back.key_prob is not None and back.key_prob.dtype == torch.float32
     assert all(t.dtype == torch.float32 for t in (back.features, back.frame_prob, back.modality_prob, back.global_prob))
+
+
+def test_video_probability_is_capped_at_one_where_hans_pooling_sums_past_it():
+    """Audio attends to segment 0, visual to segment 1, and each segment's modality softmax favours the modality
+    attending to it: HAN's sum of weights is ~2 there. The output stays a probability (`evaluate` refuses > 1)."""
+    cfg = NetworkConfig(model_dim=4)
+    mmil = AttentiveMMIL(cfg)
+    with torch.no_grad():
+        for layer in (mmil.classifier, mmil.temporal_attention, mmil.modality_attention):
+            layer.weight.zero_(), layer.bias.zero_()
+        mmil.classifier.bias.fill_(20.0)                   # every segment p ~ 1
+        mmil.temporal_attention.weight[:, 0] = 50.0        # temporal weight follows feature 0
+        mmil.modality_attention.weight[:, 1] = 50.0        # modality weight follows feature 1
+    features = torch.zeros(1, 2, 2, 4)                     # (B, T, M, d)
+    features[0, 0, 0, :2], features[0, 1, 0, :2] = 1.0, -1.0   # audio: segment 0
+    features[0, 0, 1, :2], features[0, 1, 1, :2] = -1.0, 1.0   # visual: segment 1
+    frame_prob, modality_prob, global_prob = mmil(features)
+    uncapped = (torch.softmax(mmil.temporal_attention(features), 1) * torch.softmax(mmil.modality_attention(features), 2)
+                * frame_prob).sum(dim=(1, 2))
+    assert uncapped.min() > 1.9
+    assert torch.equal(global_prob, torch.ones_like(global_prob))
+    assert float(modality_prob.max()) <= 1.0
 
 
 def test_ema_decay_outside_unit_interval_is_rejected():
